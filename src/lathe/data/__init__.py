@@ -1,0 +1,1 @@
+"""lathe.data (see ARCHITECTURE.md for what lives here)."""

@@ -1,0 +1,1 @@
+"""lathe.eval (see ARCHITECTURE.md for what lives here)."""

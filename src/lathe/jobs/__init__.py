@@ -1,0 +1,1 @@
+"""Layer 4: Ray Train / Tune / Jobs. Importing a job module registers it."""

@@ -1,0 +1,160 @@
+"""`sft` job: supervised fine-tuning of a causal LM on question/answer JSONL.
+
+Loss on answer tokens only; full fine-tuning or any registered adapter (`method:`).
+Writes the model artifact (HF directory, safetensors) that other jobs load.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from lathe.data import qa
+from lathe.jobs.base import Job, Reporter
+from lathe.jobs.task import Built, TrainTask
+from lathe.jobs.trainer import run_training
+from lathe.methods import sft as sft_lib
+from lathe.platform.config import JobConfig, Strict, TrainConfig
+from lathe.platform.registry import lookup, register
+from lathe.platform.runstore import RunDir, markdown_table, plot_curves
+from lathe.platform.zoo import ModelSource, count_parameters, resolve_source
+
+
+class SFTData(Strict):
+    train: str | None = Field(None, description="QA JSONL; default: the seeded synthetic QA set")
+    eval: str | None = None
+    synthetic_size: int = Field(256, ge=4)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(128, ge=8)
+    extra_corpus: list[str] = Field(default_factory=list, description="more text for a preset's tokenizer")
+
+
+class SFTConfig(JobConfig):
+    job: Literal["sft"] = "sft"
+    method: str = Field("full", description="full, or an adapter: lora, melora, aslora")
+    adapter: dict[str, Any] = Field(default_factory=dict, description="the adapter method's own options")
+    data: SFTData = SFTData()
+    train: TrainConfig = TrainConfig()
+
+
+def load_rows(data: SFTData, seed: int) -> tuple[list[dict], list[dict]]:
+    rows = qa.load_jsonl(data.train) if data.train else qa.generate(data.synthetic_size, seed)
+    if data.eval:
+        return rows, qa.load_jsonl(data.eval)
+    if data.eval_fraction == 0:
+        return rows, []
+    shuffled = rows[:]
+    random.Random(seed).shuffle(shuffled)
+    k = max(1, int(len(rows) * data.eval_fraction))
+    return shuffled[k:], shuffled[:k]
+
+
+class SFTTask(TrainTask):
+    def __init__(self, source: ModelSource, rows: list[dict], max_length: int, method: str,
+                 adapter: dict[str, Any]):
+        self.source, self.rows, self.max_length = source, rows, max_length
+        self.method, self.adapter = method, adapter
+
+    def build(self) -> Built:
+        model, tok = self.source.load()
+        if self.method != "full":
+            model = lookup("peft", self.method).apply(model, self.adapter)
+        encoded = [sft_lib.encode_qa(tok, r["question"], r["answer"], self.max_length) for r in self.rows]
+        return Built(model, tok, encoded, sft_lib.pad_collate(tok.pad_token_id))
+
+    def loss(self, model, batch):
+        return sft_lib.causal_lm_loss(model, batch)
+
+    def after_step(self, model, step, optimizer):
+        if self.method == "full":
+            return {}
+        hook = getattr(lookup("peft", self.method), "after_step", None)
+        return hook(model, step, optimizer) if hook else {}
+
+    def save_artifact(self, model, tokenizer, out_dir: Path) -> None:
+        if self.method == "full":
+            return super().save_artifact(model, tokenizer, out_dir)
+        lookup("peft", self.method).save(model, out_dir)
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "lathe_source.json").write_text(json.dumps(self.source.to_dict()))
+
+
+def load_artifact(path: str | Path):
+    """(model, tokenizer) from an sft artifact: a full HF dir, or an adapter over its source."""
+    from lathe.platform.zoo import load_pretrained
+
+    path = Path(path)
+    src_file = path / "lathe_source.json"
+    if not src_file.is_file():
+        return load_pretrained(path)
+    source = ModelSource(**json.loads(src_file.read_text()))
+    model, tok = source.load()
+    meta = json.loads((path / "adapter_config.json").read_text())
+    method = meta.get("lathe_method") or meta.get("peft_type", "lora").lower()
+    return lookup("peft", method).load(model, path), tok
+
+
+@torch.no_grad()
+def evaluate(model, tok, rows: list[dict], max_length: int, batch_size: int = 32) -> dict:
+    """Answer-token NLL, perplexity and next-token accuracy on `rows`."""
+    model.eval()
+    collate = sft_lib.pad_collate(tok.pad_token_id)
+    enc = [sft_lib.encode_qa(tok, r["question"], r["answer"], max_length) for r in rows]
+    nll = correct = count = 0.0
+    for i in range(0, len(enc), batch_size):
+        a, b, c = sft_lib.answer_accuracy(model, collate(enc[i: i + batch_size]))
+        nll, correct, count = nll + a, correct + b, count + c
+    mean = nll / max(count, 1)
+    return {"eval_loss": mean, "eval_ppl": float(torch.tensor(mean).exp()), "eval_token_acc": correct / max(count, 1)}
+
+
+@register("job", "sft")
+class SFTJob(Job):
+    Config = SFTConfig
+
+    def run(self, cfg: SFTConfig, run: RunDir, forward=None, show_progress: bool = True) -> dict:
+        train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
+        corpus = [r["question"] + " " + r["answer"] for r in train_rows + eval_rows] + cfg.data.extra_corpus
+        source = resolve_source(cfg.model, corpus, cfg.seed)
+        if cfg.method != "full":
+            lookup("peft", cfg.method)  # unknown method: clear error before Ray starts workers
+        task = SFTTask(source, train_rows, cfg.data.max_length, cfg.method, cfg.adapter)
+        reporter = Reporter(run, desc=f"sft[{cfg.method}]", show=show_progress, forward=forward)
+        t0 = time.perf_counter()
+        try:
+            out = run_training(task, cfg.train, cfg.ray, run.path / "checkpoints", seed=cfg.seed,
+                               on_records=reporter, artifact_dir=run.artifacts / "model")
+        finally:
+            reporter.close()
+        wall = time.perf_counter() - t0
+        steps = [r for r in out.metrics if "loss" in r]
+        results: dict[str, Any] = {
+            "method": cfg.method, "steps": steps[-1]["step"] if steps else 0,
+            "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
+            "tokens_per_s": steps[-1].get("tokens_per_s") if steps else None, "wall_s": wall,
+            "workers": cfg.ray.num_workers, "artifact": str(out.artifact) if out.artifact else None,
+        }
+        if out.artifact and eval_rows:
+            model, tok = load_artifact(out.artifact)
+            results["trainable_params"] = count_parameters(model, trainable_only=True)
+            results["params"] = count_parameters(model)
+            results.update(evaluate(model, tok, eval_rows, cfg.data.max_length))
+        write_report(run, cfg, results, steps)
+        return results
+
+
+def write_report(run: RunDir, cfg: SFTConfig, results: dict, steps: list[dict]) -> None:
+    plots = []
+    if steps:
+        plots.append(plot_curves(run.path / "plots" / "loss.png",
+                                 {"train loss": ([r["step"] for r in steps], [r["loss"] for r in steps])},
+                                 xlabel="optimizer step", ylabel="answer-token NLL", title=f"{cfg.name}: loss"))
+    table = markdown_table([{k: v for k, v in results.items() if k != "artifact"}])
+    run.write_results(results)
+    run.write_report(f"sft: {cfg.name}", [("Results", table), ("Artifact", f"`{results.get('artifact')}`")], plots)

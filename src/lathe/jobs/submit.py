@@ -1,0 +1,54 @@
+"""Ray Jobs API: submit a lathe config to a cluster and manage the job."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+from lathe.platform.errors import LatheError
+
+EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache"]
+
+
+def client(address: str | None):
+    import os
+
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise LatheError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    if "://" not in address:
+        address = f"http://{address}"
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # connection refused, auth, wrong port: one line
+        raise LatheError(f"cannot reach the Ray Jobs API at {address}: {str(e).splitlines()[0]}") from None
+
+
+def submit(config: str, overrides: list[str], address: str | None, working_dir: str = ".",
+           wait: bool = False, timeout: float = 3600) -> str:
+    from lathe.platform.config import load_config
+
+    load_config(config, overrides)  # fail here, not on the cluster
+    entry = " ".join(["python -m lathe.cli run", shlex.quote(config), *map(shlex.quote, overrides)])
+    c = client(address)
+    job_id = c.submit_job(entrypoint=entry, runtime_env={
+        "working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
+        "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    if wait:
+        status = wait_for(c, job_id, timeout)
+        if status != "SUCCEEDED":
+            raise LatheError(f"job {job_id} ended {status}; see `lathe jobs logs {job_id}`")
+    return job_id
+
+
+def wait_for(c, job_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(c.get_job_status(job_id).value)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(1.0)
+    return "TIMEOUT"

@@ -1,0 +1,1 @@
+"""lathe.kernels (see ARCHITECTURE.md for what lives here)."""

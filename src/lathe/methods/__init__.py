@@ -1,0 +1,1 @@
+"""lathe.methods (see ARCHITECTURE.md for what lives here)."""

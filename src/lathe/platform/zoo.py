@@ -1,0 +1,166 @@
+"""Model zoo: named tiny Llama presets built from a config, or any local HF checkpoint dir.
+
+Nothing is fetched from the network and no pickle is read: weights go through safetensors,
+tokenizers are trained offline with `tokenizers` on the job's own corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from lathe.platform.errors import LatheError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Llama shapes. Parameter counts (tied embeddings, at the preset's own vocab) are in the name.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                    intermediate_size=344, vocab_size=2048, max_position_embeddings=512),
+    "tiny-5m": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+                    intermediate_size=688, vocab_size=4096, max_position_embeddings=512),
+    "tiny-20m": dict(hidden_size=512, num_hidden_layers=5, num_attention_heads=8, num_key_value_heads=8,
+                     intermediate_size=1376, vocab_size=8192, max_position_embeddings=1024),
+}
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def preset_config(name: str, vocab_size: int | None = None, **overrides: Any):
+    from transformers import LlamaConfig
+
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise LatheError(f"unknown model preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+    kw = dict(PRESETS[name], tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0,
+              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if vocab_size is not None:
+        kw["vocab_size"] = vocab_size
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def build_tiny(name: str, vocab_size: int | None = None, seed: int = 0, **overrides: Any):
+    """A randomly initialised Llama of a named preset; same seed, same weights."""
+    from transformers import LlamaForCausalLM
+
+    cfg = preset_config(name, vocab_size, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048):
+    """Byte-level BPE trained offline on `texts`, wrapped as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token", "unk_token")]
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts), trainer)
+    return tokenizer_from_json(tok.to_str())
+
+
+def tokenizer_from_json(text: str):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text), **SPECIAL_TOKENS)
+    fast.padding_side = "right"
+    return fast
+
+
+def load_pretrained(path: str | Path, trust_remote_code: bool = False, dtype: str = "float32"):
+    """(model, tokenizer) from a local HF checkpoint directory, safetensors only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise LatheError(f"{path}: not a Hugging Face model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise LatheError(f"{path}: no .safetensors weights (lathe does not load pickled checkpoints)")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, trust_remote_code=trust_remote_code, use_safetensors=True,
+        dtype=getattr(torch, dtype), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def save_pretrained(model, tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model that any Ray worker can materialise identically without a shared filesystem.
+
+    A preset travels as (name, tokenizer JSON, seed): every worker builds the same weights.
+    A checkpoint travels as its path, which must be readable on every node.
+    """
+
+    preset: str | None = None
+    tokenizer_json: str | None = None
+    seed: int = 0
+    path: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+
+    def load(self):
+        if self.path is not None:
+            return load_pretrained(self.path, self.trust_remote_code, self.dtype)
+        tok = tokenizer_from_json(self.tokenizer_json)
+        model = build_tiny(self.preset, vocab_size=len(tok), seed=self.seed)
+        return model.to(getattr(torch, self.dtype)), tok
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def resolve_source(model_cfg, corpus: Iterable[str] | None, seed: int) -> ModelSource:
+    """Turn a ModelConfig into a ModelSource, training the preset's tokenizer on `corpus`."""
+    if model_cfg.path is not None:
+        return ModelSource(path=str(Path(model_cfg.path).resolve()), trust_remote_code=model_cfg.trust_remote_code,
+                           dtype=model_cfg.dtype)
+    if corpus is None:
+        raise LatheError("a preset model needs a corpus to train its tokenizer on")
+    vocab = min(model_cfg.tokenizer_vocab, PRESETS[model_cfg.preset]["vocab_size"]) \
+        if model_cfg.preset in PRESETS else model_cfg.tokenizer_vocab
+    preset_config(model_cfg.preset)  # clear error for an unknown preset before training anything
+    tok = train_tokenizer(corpus, vocab_size=vocab)
+    return ModelSource(preset=model_cfg.preset, tokenizer_json=tok.backend_tokenizer.to_str(), seed=seed,
+                       dtype=model_cfg.dtype)
+
+
+def describe_model(path: str | Path) -> dict:
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return {k: cfg.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}

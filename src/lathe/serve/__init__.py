@@ -1,0 +1,1 @@
+"""lathe.serve (see ARCHITECTURE.md for what lives here)."""

@@ -1,0 +1,1 @@
+"""lathe.ui (see ARCHITECTURE.md for what lives here)."""

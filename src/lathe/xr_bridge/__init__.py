@@ -1,0 +1,1 @@
+"""lathe.xr_bridge (see ARCHITECTURE.md for what lives here)."""
