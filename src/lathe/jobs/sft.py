@@ -133,7 +133,8 @@ class SFTJob(Job):
         finally:
             reporter.close()
         wall = time.perf_counter() - t0
-        steps = [r for r in out.metrics if "loss" in r]
+        # After a resume the steps since the last checkpoint are logged twice; keep the latest.
+        steps = sorted({r["step"]: r for r in out.metrics if "loss" in r}.values(), key=lambda r: r["step"])
         results: dict[str, Any] = {
             "method": cfg.method, "steps": steps[-1]["step"] if steps else 0,
             "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,

@@ -61,12 +61,19 @@ def run_tune(cfg: JobConfig, run: RunDir, source: str) -> dict:
         trial_cfg = trial_config(base, params, source)
         trial_run = RunDir.create(trial_cfg, root=trials_root)
 
+        last: dict = {}
+
         def forward(record: dict) -> None:
-            if t.metric in record:
-                tune.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+            numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            last.update(numeric)
+            if t.metric in record:  # ASHA compares trials on intermediate values of the metric
+                tune.report(numeric)
 
         results = job_cls().run(trial_cfg, trial_run, forward=forward, show_progress=False)
-        final = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # The final report carries the job's results over the last training record, so a
+        # metric that only training logs (e.g. loss) is still there at the end.
+        final = {**last, **{k: v for k, v in results.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)}}
         final["run_dir"] = str(trial_run.path)
         tune.report(final)
 

@@ -26,6 +26,7 @@ _PROVIDERS: dict[str, list[str]] = {
         "lathe.jobs.retrieval",
     ],
     "peft": ["lathe.methods.peft"],
+    "unlearning_loss": ["lathe.methods.unlearning"],
 }
 
 
@@ -48,8 +49,11 @@ def add_provider(kind: str, module: str) -> None:
         _PROVIDERS[kind].append(module)
 
 
-def _load_providers(kind: str) -> None:
+def _load_providers(kind: str, until: str | None = None) -> None:
+    """Import the kind's provider modules in order, stopping once `until` is registered."""
     for module in _PROVIDERS.get(kind, []):
+        if until is not None and until in _REGISTRY.get(kind, {}):
+            return
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -64,7 +68,7 @@ def names(kind: str) -> list[str]:
 
 
 def lookup(kind: str, name: str) -> Any:
-    _load_providers(kind)
+    _load_providers(kind, until=name)
     table = _REGISTRY.get(kind, {})
     if name in table:
         return table[name]
