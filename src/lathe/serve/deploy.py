@@ -1,0 +1,66 @@
+"""Deploy the apps of a `ServeConfig` on the current Ray (embedded or a cluster)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lathe.serve.auth import resolve_token
+from lathe.serve.config import ServeConfig
+
+
+def materialize_model(cfg: ServeConfig) -> str:
+    """A local model dir for the LLM app: the configured path, or a tiny preset saved under output_root."""
+    m = cfg.llm.model
+    if m.path:
+        if not (Path(m.path) / "config.json").is_file():
+            from lathe.platform.errors import ConfigError
+
+            raise ConfigError(f"llm.model.path: {m.path} is not a model directory (no config.json)")
+        return str(Path(m.path).resolve())
+    out = Path(cfg.output_root) / "serve_models" / f"{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
+    if not (out / "config.json").is_file():
+        from lathe.data import qa
+        from lathe.platform.zoo import resolve_source, save_pretrained
+
+        corpus = [r["question"] + " " + r["answer"] for r in qa.generate(256, cfg.seed)]
+        model, tok = resolve_source(m, corpus, cfg.seed).load()
+        save_pretrained(model, tok, out)
+    return str(out.resolve())
+
+
+def deploy(cfg: ServeConfig) -> dict[str, str]:
+    """Start Serve's HTTP proxy on cfg.http and run the configured apps; returns name -> URL."""
+    from ray import serve
+
+    token = resolve_token(cfg.auth_token, cfg.auth_token_env)
+    if cfg.http.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        from lathe.platform.errors import ConfigError
+
+        raise ConfigError(f"http.host={cfg.http.host}: exposing the service beyond loopback requires auth_token(_env)")
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
+    base = f"http://{cfg.http.host}:{cfg.http.port}"
+    urls = {}
+    if cfg.retriever is not None:
+        from lathe.serve.retriever_app import build_app
+
+        serve.run(build_app(cfg.retriever, token), name="retriever", route_prefix=cfg.retriever.route_prefix,
+                  blocking=False)
+        urls["retriever"] = base + cfg.retriever.route_prefix
+    if cfg.llm is not None:
+        from lathe.serve.llm_app import build_app as build_llm
+
+        serve.run(build_llm(cfg.llm, materialize_model(cfg), token), name="llm", route_prefix=cfg.llm.route_prefix,
+                  blocking=False)
+        urls["llm"] = base + cfg.llm.route_prefix
+    return urls
+
+
+def wait_forever() -> None:
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        from ray import serve
+
+        serve.shutdown()

