@@ -189,6 +189,7 @@ class DenseRetriever(Retriever):
         texts = [document_text(self.family, t.documentation, t.doc) for t in tools]
         limit = min(self.doc_max_length, max_tokens(self.tokenizer, self.encoder))
         vecs = encode(self.encoder, self.tokenizer, texts, self.batch_size, limit, self.show_progress)
+        self.doc_vectors = vecs
         self.vindex = VectorIndex(self.index_kind).build(vecs, [t.id for t in tools])
 
     def search(self, queries, instructions=None, k: int = 10) -> Hits:
