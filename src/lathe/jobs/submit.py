@@ -32,14 +32,30 @@ def submit(config: str, overrides: list[str], address: str | None, working_dir: 
     from lathe.platform.config import load_config
 
     load_config(config, overrides)  # fail here, not on the cluster
-    entry = " ".join(["python -m lathe.cli run", shlex.quote(config), *map(shlex.quote, overrides)])
+    # src/ first: the driver runs the submitted tree; workers use the lathe installed on the nodes.
+    entry = " ".join(["PYTHONPATH=src:$PYTHONPATH python -m lathe.cli run", shlex.quote(config), *map(shlex.quote, overrides)])
     c = client(address)
-    job_id = c.submit_job(entrypoint=entry, runtime_env={
-        "working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
-        "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
+                   "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                "TOKENIZERS_PARALLELISM": "false"}}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            job_id = c.submit_job(entrypoint=entry, runtime_env=runtime_env)
+            break
+        except RuntimeError as e:
+            # A head that just started answers before its job agent is up; that passes.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise LatheError(f"job submission failed: {str(e).splitlines()[0]}") from None
     if wait:
         status = wait_for(c, job_id, timeout)
         if status != "SUCCEEDED":
+            import sys
+
+            tail = c.get_job_logs(job_id).rstrip().splitlines()[-15:]
+            print("\n".join(tail), file=sys.stderr)
             raise LatheError(f"job {job_id} ended {status}; see `lathe jobs logs {job_id}`")
     return job_id
 

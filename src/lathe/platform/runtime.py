@@ -33,7 +33,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                 "TOKENIZERS_PARALLELISM": "false"}}
     if address:
-        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet)
+        # A driver started by `lathe submit` already carries the job's runtime env; Ray
+        # refuses a second one that sets the same keys.
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ctx = ray.init(address=address, runtime_env=None if in_job else runtime_env, log_to_driver=not quiet)
         embedded = False
     else:
         ctx = ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,

@@ -1,0 +1,91 @@
+"""`lathe submit` against a real `ray start --head` cluster on 127.0.0.1 that this test owns."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lathe.cli import main
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_cluster(tmp_path):
+    """A Ray head on loopback with its own ports and temp dir; `--block` keeps it in our process
+    group so stopping it cannot touch any other Ray on the machine."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    dash = _free_port()
+    temp = Path("/tmp") / f"lathe-ray-{os.getpid()}-{dash}"  # Ray's socket paths must stay short
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+           f"--temp-dir={temp}",
+           # every port our own, so another Ray on this machine cannot collide with this one
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+           f"--ray-client-server-port={_free_port()}", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}", "--include-dashboard=true", "--disable-usage-stats"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("test Ray head did not come up")
+                time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_submit_runs_job_and_logs_are_readable(head_cluster, monkeypatch, capsys):
+    address, env = head_cluster
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.chdir(ROOT)
+    rc = main(["submit", "configs/sft/tiny_demo.yaml", "train.max_steps=4", "ray.num_workers=1",
+               "data.synthetic_size=64", "name=submitted", "output_root=/tmp/lathe-submit-runs",
+               "--address", address, "--wait"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    job_id = captured.out.strip().splitlines()[-1]
+    assert main(["jobs", "status", job_id, "--address", address]) == 0
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "logs", job_id, "--address", address]) == 0
+    logs = capsys.readouterr().out
+    assert "report:" in logs and "final_loss" in logs
+    assert main(["jobs", "list", "--address", address]) == 0
+    assert job_id in capsys.readouterr().out
+
+
+def test_submit_rejects_bad_config_before_contacting_cluster(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job: sft\ntrain: {lrr: 1}\n")
+    assert main(["submit", str(bad), "--address", "http://127.0.0.1:9"]) == 2
+    assert "unknown key 'train.lrr'" in capsys.readouterr().err
