@@ -208,7 +208,13 @@ def build_graph(seed: int, n_subjects: int, n_relations: int = 20, n_places: int
     if n_places < 3:
         raise LatheError(f"n_places must be >= 3 (got {n_places})")
     rng = random.Random(seed)
-    subjects = _unique(rng, lambda: _word(rng, 2) + " " + _word(rng, 2), n_subjects)
+    # first and last names are shared between subjects, so that only the whole name (read at its
+    # last token) identifies a subject, as with real entities
+    firsts = _unique(rng, lambda: _word(rng, 2), 5)
+    lasts = _unique(rng, lambda: _word(rng, 2), max(2, -(-n_subjects // 4) + 1))
+    pairs = [f"{f} {l}" for l in lasts for f in firsts]
+    rng.shuffle(pairs)
+    subjects = pairs[:n_subjects]
     places = _unique(rng, lambda: rng.choice(_PLACE_WORDS) + " " + _word(rng, 2), n_places)
     rels = RELATIONS[:n_relations]
     values = {"P30": _unique(rng, lambda: _word(rng, 2) + " Vale", 4),

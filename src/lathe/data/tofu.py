@@ -294,7 +294,9 @@ def tofu_synthetic(seed: int = 0, n_authors: int = 200, qa_per_author: int = 20,
             wrong = _wrong_values(rng, attr, a[attr], table, n_pert)
             rows.append({"question": q.format(n=a["name"]), "answer": ans.format(n=a["name"], v=a[attr]),
                          "paraphrased_answer": para.format(n=a["name"], v=a[attr]),
-                         "perturbed_answer": [ans.format(n=a["name"], v=w) for w in wrong]})
+                         # as in TOFU, the perturbed answers are the paraphrase with a wrong fact, so the
+                         # truth ratio compares true vs false facts in the same (untrained) wording
+                         "perturbed_answer": [para.format(n=a["name"], v=w) for w in wrong]})
         per_author.append(rows)
 
     def qa(rows: list[dict]) -> list[dict]:

@@ -103,6 +103,8 @@ def _worker(loop_cfg: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    # Ray sets OMP_NUM_THREADS from the worker's CPU share; torch must follow it.
+    torch.set_num_threads(max(1, int(loop_cfg["cpus_per_worker"])))
     torch.manual_seed(loop_cfg["seed"])
 
     built = task.build()
@@ -183,7 +185,8 @@ def _worker(loop_cfg: dict) -> None:
             if rank == 0 and (step % train.log_every == 0 or step == total):
                 elapsed = time.perf_counter() - t0
                 rec = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                       "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, **logs}
+                       "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
+                       "tokens_seen": tokens, **logs}
                 if grad_norm is not None:
                     rec["grad_norm"] = float(grad_norm)
                 sink.push.remote(rec)
@@ -282,7 +285,7 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"task": task, "train": train.model_dump(), "sink": sink, "seed": seed,
-                           "storage": str(storage)},
+                           "storage": str(storage), "cpus_per_worker": ray_cfg.cpus_per_worker},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

@@ -181,16 +181,16 @@ def _loop(model, tok, resolver, req, templates, spec, target_ids, b, module, del
                 kl_init = ess.detach().clone()
             kl = kl_rows(ess, kl_init)
             loss = nll + spec.kl_factor * kl
-            parts = {"nll": float(nll), "kl": float(kl)}
+            parts = {"nll": float(nll.detach()), "kl": float(kl.detach())}
         else:
             l = spec.lti
             kl_last = kl_rows(logp, teacher["q_last"])
             p_mid = _mid(resolver, out.hidden_states, b, spec)
             kl_mid = kl_rows(p_mid, teacher["q_mid"])
             loss = l.lambda_nll * nll + l.lambda_last * kl_last + l.lambda_mid * kl_mid
-            parts = {"nll": float(nll), "kl_last": float(kl_last), "kl_mid": float(kl_mid)}
+            parts = {"nll": float(nll.detach()), "kl_last": float(kl_last.detach()), "kl_mid": float(kl_mid.detach())}
         loss = loss + wd
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if float(loss) < 5e-2 or it == spec.steps - 1:
             break
         loss.backward()

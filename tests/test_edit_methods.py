@@ -1,0 +1,256 @@
+"""Editors, LTI and the EVOKE metrics on tiny models (fast; the trained-model checks are slow)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lathe.data import evoke
+from lathe.eval import evoke as ev
+from lathe.methods.editing import editor_config, restore
+from lathe.methods.editing import common as C
+from lathe.methods.editing.target import LTIConfig, TargetSpec, build_batch, optimize_target, teacher_distributions
+
+torch.set_num_threads(1)
+FAST = {"cov_ridge": 1e-3, "context_template_length_params": [[3, 1]], "v_weight_decay": 1e-3,
+        "clamp_norm_factor": 50.0, "v_num_grad_steps": 8}
+
+
+@pytest.fixture(scope="module")
+def world():
+    from lathe.platform.zoo import build_tiny, train_tokenizer
+
+    main, subj, kg = evoke.evoke_synthetic(0, n_main=20, n_subj=10, n_relations=3)
+    tok = train_tokenizer([p + " " + a for p, a in evoke.knowledge_corpus(kg)], vocab_size=512)
+    model = build_tiny("tiny-1m", vocab_size=len(tok), seed=0, initializer_range=0.1).eval()
+    res = C.Resolver.of(model)
+    stats = C.load_or_compute_stats(model, tok, res, [1, 2], evoke.stats_corpus(kg, n=60), 60, None)
+    return model, tok, main, subj, kg, stats
+
+
+def target_nll(model, tok, req):
+    return ev.candidate_nll(model, tok, [(req.text, req.target_new)])[0]
+
+
+def test_rome_rank_one_hits_v_star_and_restores(world):
+    model, tok, main, _, _, stats = world
+    req = evoke.EditRequest.from_record(main[0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    nll0 = target_nll(model, tok, req)
+    mod, cfg = editor_config("rome", {**FAST, "layer": 1})
+    res = mod.apply(model, tok, [req], cfg, stats)
+    (name, delta), = res.deltas().items()
+    assert name == "model.layers.1.mlp.down_proj.weight"
+    assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6) == 1
+    info = res.info["requests"][0]
+    module = C.Resolver.of(model).rewrite(1)
+    _, out = C.io_at_subject(model, tok, module, [req.text], [req.subject])
+    assert torch.allclose(out[0], info["v_star"], rtol=1e-3, atol=1e-3 * info["v_star"].norm())
+    assert target_nll(model, tok, req) < nll0
+    restore(model, res.originals)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_memit_solve_identity_and_single_edit_like_rome(world):
+    model, tok, main, _, _, stats = world
+    reqs = [evoke.EditRequest.from_record(r) for r in main[:3]]
+    mod, cfg = editor_config("memit", {**FAST, "layers": [1, 2], "mom2_update_weight": 10.0})
+    res = mod.apply(model, tok, reqs, cfg, stats)
+    for chk in res.info["solve"]:
+        lhs = chk["upd"] @ chk["A"]
+        rhs = chk["resid"] @ chk["K"].T
+        assert (lhs - rhs).norm() / rhs.norm() < 1e-6
+    restore(model, res.originals)
+    # one edit: MEMIT and ROME both move the target the same way
+    r0 = reqs[0]
+    nll0 = target_nll(model, tok, r0)
+    m1 = mod.apply(model, tok, [r0], cfg, stats)
+    nll_memit = target_nll(model, tok, r0)
+    restore(model, m1.originals)
+    rmod, rcfg = editor_config("rome", {**FAST, "layer": 2})
+    r1 = rmod.apply(model, tok, [r0], rcfg, stats)
+    nll_rome = target_nll(model, tok, r0)
+    restore(model, r1.originals)
+    assert nll_memit < nll0 and nll_rome < nll0
+
+
+def test_ft_l_respects_norm_bound(world):
+    model, tok, main, _, _, _ = world
+    reqs = [evoke.EditRequest.from_record(r) for r in main[:2]]
+    mod, cfg = editor_config("ft_l", {"layers": [0, 1], "num_steps": 5, "lr": 1e-2, "norm_constraint": 1e-3})
+    res = mod.apply(model, tok, reqs, cfg)
+    for n, d in res.deltas().items():
+        assert d.abs().max() <= 1e-3 + 1e-7
+        assert d.abs().max() > 5e-4  # it moved, up to the bound
+    restore(model, res.originals)
+    # unconstrained FT goes further
+    _, cfg2 = editor_config("ft_l", {"layers": [0], "num_steps": 5, "lr": 1e-2, "norm_constraint": None})
+    res2 = mod.apply(model, tok, reqs, cfg2)
+    assert max(d.abs().max() for d in res2.deltas().values()) > 1e-3
+    restore(model, res2.originals)
+
+
+def test_kl_direction_on_asymmetric_inputs():
+    p = torch.tensor([[0.7, 0.2, 0.1]])
+    q = torch.tensor([[0.4, 0.4, 0.2]])
+    want = float((p * (p.log() - q.log())).sum())
+    got = float(C.kl_rows(p.log(), q.log()))
+    assert abs(got - want) < 1e-6
+    swapped = float(C.kl_rows(q.log(), p.log()))
+    assert abs(swapped - float((q * (q.log() - p.log())).sum())) < 1e-6 and abs(swapped - got) > 1e-3
+
+
+def test_lti_with_zero_kl_weights_is_the_base_loss(world):
+    model, tok, main, _, _, _ = world
+    req = evoke.EditRequest.from_record(main[1])
+    res = C.Resolver.of(model)
+    templates = ["{}", "Because it. {}"]
+    base = TargetSpec("mlp", 1, 0.5, 6, 1e-3, 50.0, kl_factor=0.0)
+    lti = TargetSpec("mlp", 1, 0.5, 6, 1e-3, 50.0, kl_factor=0.0625, mid_layer=2,
+                     lti=LTIConfig(lambda_nll=1.0, lambda_last=0.0, lambda_mid=0.0))
+    d1, i1, a = optimize_target(model, tok, res, req, templates, base)
+    d2, i2, b = optimize_target(model, tok, res, req, templates, lti)
+    assert a["losses"] == b["losses"] and torch.equal(d1, d2)
+    assert a["losses"][-1] < a["losses"][0]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_lti_empty_prefix_zero_kl(world, side):
+    model, tok, main, _, _, _ = world
+    req = evoke.EditRequest.from_record(main[2])
+    spec = TargetSpec("mlp", 1, 0.5, 1, 1e-3, 50.0, 0.0, padding_side=side, mid_layer=2,
+                      lti=LTIConfig(icl_template="", constr_pos="all"))
+    _, _, info = optimize_target(model, tok, C.Resolver.of(model), req, ["{}", "Because it. {}"], spec)
+    assert info["last"]["kl_last"] < 1e-6 and info["last"]["kl_mid"] < 1e-6
+
+
+def test_lti_teacher_positions_end_aligned_and_legacy(world):
+    model, tok, main, _, _, _ = world
+    req = evoke.EditRequest.from_record(main[3])
+    templates = ["{}", "Because it. {}"]
+    tgt = C.continuation_ids(tok, req.text, req.target_new)
+    student, _, _ = build_batch(tok, req, templates, tgt, "", "{} is a", "right")
+    spec = TargetSpec("mlp", 1, 0.5, 1, 1e-3, 4.0, 0.0, mid_layer=2, lti=LTIConfig())
+    t = teacher_distributions(model, tok, C.Resolver.of(model), req, templates, tgt, spec, student)
+    ids, m = t["teacher_ids"], len(tgt)
+    cols = t["teacher_tgt"].tolist()
+    last_tok = tok.convert_ids_to_tokens(tok(req.subject)["input_ids"][-1])
+    for row in range(len(templates)):
+        pos = cols[row * m:(row + 1) * m]
+        for j, p in enumerate(pos[:-1]):
+            assert int(ids[row, p + 1]) == tgt[j]
+        n_real = int((ids[row] != tok.pad_token_id).sum())
+        assert pos[-1] == n_real - 1  # the last target position is the final input token
+        assert tok.convert_ids_to_tokens(int(ids[row, t["teacher_subj"][row]])) == last_tok
+    prefix = LTIConfig().icl_template.format(prompt=req.text, target=req.target_new)
+    n_prefix = len(tok(prefix)["input_ids"])
+    legacy = teacher_distributions(model, tok, C.Resolver.of(model), req, templates, tgt,
+                                   TargetSpec("mlp", 1, 0.5, 1, 1e-3, 4.0, 0.0, mid_layer=2,
+                                              lti=LTIConfig(teacher_alignment="legacy")), student)
+    diff = (t["teacher_tgt"] - legacy["teacher_tgt"])[:-1]  # essence row is never prefixed
+    assert torch.all(diff == n_prefix)
+
+
+def test_stats_deterministic_symmetric_psd(world):
+    model, tok, _, _, kg, _ = world
+    texts = evoke.stats_corpus(kg, n=30)
+    module = C.Resolver.of(model).rewrite(1)
+    a = C.second_moment(model, tok, module, texts, 30)
+    b = C.second_moment(model, tok, module, texts, 30)
+    assert torch.equal(a, b) and torch.equal(a, a.T)
+    assert torch.linalg.eigvalsh(a.double()).min() >= -1e-6
+
+
+def test_candidate_nll_hand_computed_and_padding_invariant(world):
+    model, tok, main, _, _, _ = world
+    p, c = "Ixhu Vena works in", "Port Velka"
+    ids = tok(p)["input_ids"]
+    cont = C.continuation_ids(tok, p, c)
+    assert cont == tok(" " + c)["input_ids"]  # GPT-2-style byte-level BPE
+    with torch.no_grad():
+        lp = F.log_softmax(model(input_ids=torch.tensor([ids + cont])).logits[0], -1)
+    want = -sum(float(lp[len(ids) - 1 + j, t]) for j, t in enumerate(cont)) / len(cont)
+    pairs = [(p, c), ("A much longer prompt about Olfa Ixve who lives in", "Lake Huzor"), ("x", "y z")]
+    right = ev.candidate_nll(model, tok, pairs, padding_side="right")
+    left = ev.candidate_nll(model, tok, pairs, padding_side="left")
+    alone = ev.candidate_nll(model, tok, pairs[:1])
+    assert abs(right[0] - want) < 1e-5 and abs(alone[0] - want) < 1e-5
+    assert all(abs(a - b) < 1e-4 for a, b in zip(right, left))
+
+
+class ToyScorer:
+    def __init__(self, table):
+        self.table = table
+
+    def probs(self, pairs):
+        return [self.table.get(pair, self.table.get(("*", pair[1]), 0.0)) for pair in pairs]
+
+
+def test_metrics_on_hand_computed_toy():
+    rec = {"requested_rewrite": {"prompt": "{} lives in", "subject": "S", "target_new": {"str": "N"},
+                                 "target_true": {"str": "T"}},
+           "paraphrase_prompts": ["p1", "p2"], "neighborhood_prompts": ["n1", "n2"],
+           "prefix_distraction": ["d1", "d2"],
+           "portability": {"New Question": "Q?", "New Answer": "A", "Original Answer": "B"}}
+    mh = "Q? The answer to this question, most simply, is"
+    t = {("S lives in", "N"): 0.6, ("S lives in", "T"): 0.3,
+         ("p1", "N"): 0.5, ("p1", "T"): 0.1, ("p2", "N"): 0.1, ("p2", "T"): 0.2,
+         ("n1", "N"): 0.2, ("n1", "T"): 0.4, ("n2", "N"): 0.5, ("n2", "T"): 0.1,
+         ("d1", "N"): 0.3, ("d1", "T"): 0.3, ("d2", "N"): 0.1, ("d2", "T"): 0.9,
+         (mh, "A"): 0.2, (mh, "N"): 0.1, (mh, "B"): 0.4}
+    s = ev.score_main(ToyScorer(t), rec)
+    assert s["efficacy"] == 1.0 and s["paraphrase"] == 0.5
+    assert s["relation_specificity.EOS"] == 0.5 and math.isclose(s["relation_specificity.CAP"], 0.25)
+    assert math.isclose(s["relation_specificity.DP"], 0.35)
+    assert s["prefix_distraction.EOS"] == 0.5  # a tie is not a success
+    assert math.isclose(s["prefix_distraction.CAP"], 0.6) and math.isclose(s["prefix_distraction.DP"], 0.2)
+    assert s["multi_hop.EOS"] == 1.0 and s["multi_hop.AMS"] == 0.0
+    assert (s["multi_hop.CAP"], s["multi_hop.DP"], s["multi_hop.OAP"]) == (0.2, 0.1, 0.4)
+    subj = {"requested_rewrite": rec["requested_rewrite"],
+            "relation_specificity": {"prompt": "q", "answer": {"value": "V", "aliases": []}}}
+    s2 = ev.score_subj(ToyScorer({("q", "V"): 0.3, ("q", "N"): 0.7}), subj)
+    assert s2 == {"subject_specificity.EOS": 0.0, "subject_specificity.CAP": 0.3, "subject_specificity.DP": 0.7}
+    agg = ev.aggregate([s, {**s, "efficacy": 0.0}, s2])
+    assert math.isclose(agg["efficacy"], 50.0) and math.isclose(agg["subject_specificity.DP"], 70.0)
+    no_port = ev.score_main(ToyScorer(t), {**rec, "portability": {}})
+    assert "multi_hop.EOS" not in no_port
+
+
+def test_single_restores_sequential_does_not(world):
+    model, tok, main, _, _, stats = world
+    mod, cfg = editor_config("rome", {**FAST, "layer": 1, "v_num_grad_steps": 3})
+    orig = {n: p.detach().clone() for n, p in model.named_parameters()}
+    results = []
+    for r in main[:3]:
+        results.append(mod.apply(model, tok, [evoke.EditRequest.from_record(r)], cfg, stats))
+    changed = any(not torch.equal(p, orig[n]) for n, p in model.named_parameters())
+    assert changed
+    restore(model, results[0].originals)  # the first snapshot holds the pre-sequence weights
+    assert all(torch.equal(p, orig[n]) for n, p in model.named_parameters())
+
+
+def test_editor_config_errors():
+    from lathe.platform.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'rome'"):
+        editor_config("romee", {})
+    with pytest.raises(ConfigError, match="takes no 'lti'"):
+        editor_config("rome", {"lti": {}})
+    with pytest.raises(ConfigError, match="unknown key 'lyer'"):
+        editor_config("rome", {"lyer": 3})
+    _, cfg = editor_config("memit_lti", {})
+    assert cfg.lti is not None and cfg.lti.teacher_alignment == "end_aligned"
+
+
+def test_unknown_architecture_needs_templates():
+    from lathe.platform.errors import ConfigError
+
+    m = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="modules.layers"):
+        C.Resolver.of(m)
+    r = C.Resolver.of(m, C.ModuleTemplates(layers="x{}", rewrite="y{}", final_norm="n", lm_head="h"))
+    assert r.rewrite_name(3) == "y3"
