@@ -23,7 +23,8 @@ def test_default_sizes_and_fields(full_default):
             assert set(row) == set(tofu.FIELDS[name]), name
     for name in ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed"):
         assert all(len(r["perturbed_answer"]) == 5 for r in c[name])
-        assert all(r["answer"] not in r["perturbed_answer"] for r in c[name])
+        assert all(r["paraphrased_answer"] not in r["perturbed_answer"] for r in c[name])
+        assert all(len(set(r["perturbed_answer"])) == 5 for r in c[name])
     for name in ("real_authors_perturbed", "world_facts_perturbed"):
         assert all(len(r["perturbed_answer"]) == 3 for r in c[name])
         assert all(r["answer"] not in r["perturbed_answer"] for r in c[name])

@@ -1,0 +1,118 @@
+"""The `unlearn` job end to end on a tiny model (Ray Train on CPU) and its config rules."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lathe.platform.config import validate
+from lathe.platform.errors import ConfigError
+from lathe.platform.runstore import RunDir
+
+
+def _cfg(tmp_path, **over):
+    data = {
+        "job": "unlearn", "name": "ut", "seed": 0, "output_root": str(tmp_path / "runs"),
+        "model": {"preset": "tiny-1m", "tokenizer_vocab": 300},
+        "data": {"n_authors": 4, "qa_per_author": 3, "n_real_authors": 3, "n_world_facts": 3, "max_length": 48},
+        "models": {"cache_dir": str(tmp_path / "cache"),
+                   "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 100}},
+        "unlearn": {"method": "npo", "train": {"epochs": 2, "batch_size": 3, "lr": 1e-3}},
+        "uipe": {"alphas": [1, 0, 0.5]},
+        "eval": {"max_new_tokens": 4},
+        "ray": {"num_workers": 1},
+    }
+    for k, v in over.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) else v
+    return validate(data, "test.yaml")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unlearn.loss: unknown key 'betaa'; did you mean 'beta'"):
+        from lathe.jobs.unlearn import UnlearnJob
+
+        cfg = _cfg(tmp_path, unlearn={"loss": {"betaa": 0.2}})
+        UnlearnJob().run(cfg, RunDir.create(cfg), show_progress=False)
+    with pytest.raises(ConfigError, match="data.split"):
+        _cfg(tmp_path, data={"split": "forget20"})
+    with pytest.raises(ConfigError, match="uipe.alphas"):
+        _cfg(tmp_path, uipe={"alphas": []})
+
+
+def test_pick_alpha_rule():
+    from lathe.jobs.unlearn import pick_alpha
+
+    rows = [{"alpha": 0.0, "forget_quality": 0.1, "model_utility": 0.5},
+            {"alpha": 0.5, "forget_quality": 0.3, "model_utility": 0.49},
+            {"alpha": 1.0, "forget_quality": 0.3, "model_utility": 0.48},
+            {"alpha": 2.0, "forget_quality": 0.9, "model_utility": 0.2}]
+    assert pick_alpha(rows, 0.475)["alpha"] == 0.5  # ties go to the smaller α; α=2 is under the floor
+    assert pick_alpha(rows, None)["alpha"] == 2.0
+
+
+@pytest.mark.slow  # three Ray Train fits (θ_ini, θ_ret, NPO) + 5 parallel eval tasks: ~1-3 min on 2 cores
+def test_unlearn_pipeline_end_to_end(tmp_path, ray_local):
+    from lathe.jobs.unlearn import UnlearnJob, ensure_sft, load_dataset
+
+    cfg = _cfg(tmp_path)
+    run = RunDir.create(cfg)
+    seen = []
+    res = UnlearnJob().run(cfg, run, forward=seen.append, show_progress=False)
+    rows = res["rows"]
+    alpha_rows = [r for r in rows if r["alpha"] is not None]
+    assert [r["alpha"] for r in alpha_rows] == [0.0, 0.5, 1.0]  # one row per α, no retraining
+    for r in alpha_rows:
+        assert r["forget_quality"] is not None and 0 <= r["forget_quality"] <= 1
+        assert r["model_utility"] is not None and r["forget_truth_ratio"] is not None
+    assert res["fq_retain"] == 1.0  # the retain model against its own log
+    assert [r["epoch"] for r in rows if r["alpha"] is None and r["epoch"] is not None] == [1]
+    assert seen and all("loss" in r for r in seen)  # training records reach Tune's forward()
+    assert isinstance(res["best_fq"], float) and res["steps"] == 2
+    # UIPE α=0 is θ_un: the final artifact and the α=0 row agree
+    assert res["fq_unlearned"] == alpha_rows[0]["forget_quality"]
+    for f in ("report.md", "results.json", "plots/fq_vs_mu.png", "artifacts/retain_log.json",
+              "artifacts/epochs/epoch_002.safetensors", "artifacts/eval/uipe_a=0.5/eval_log_forget.json"):
+        assert (run.path / f).is_file(), f
+    log = json.loads((run.path / "artifacts/retain_log.json").read_text())
+    assert log["split"] == "forget10" and len(log["truth_ratio"]) == 3
+    # cached θ_ini / θ_ret: a second request returns the same directory without training
+    ds = load_dataset(cfg.data, cfg.seed)
+    t0 = time.perf_counter()
+    again = ensure_sft("target", ds.get("full") + ds.general_knowledge(), cfg, ds, run, {}, False)
+    assert str(again) == res["target"] and time.perf_counter() - t0 < 2
+
+
+def test_unlearn_task_and_uipe_eval_model_without_ray(tmp_path, tiny_tokenizer, tiny_model):
+    """The worker-side pieces: the task builds a frozen reference, pairs forget with retain rows,
+    its loss trains; an eval spec with a state and α=0 rebuilds θ_un exactly."""
+    import torch
+
+    from lathe.jobs.checkpoint import save_tensors
+    from lathe.jobs.unlearn import UnlearnTask, build_eval_model
+    from lathe.platform.zoo import save_pretrained
+
+    target = save_pretrained(tiny_model, tiny_tokenizer, tmp_path / "target")
+    forget = [{"question": f"Who is F{i}?", "answer": f"F{i} is a poet."} for i in range(4)]
+    retain = [{"question": f"Who is R{i}?", "answer": f"R{i} is a baker."} for i in range(6)]
+    task = UnlearnTask(str(target), forget, retain, 48, "npo", {}, seed=0)
+    built = task.build()
+    assert len(built.dataset) == 4 and all(p.requires_grad is False for p in task.ref.parameters())
+    batch = built.collate([built.dataset[i] for i in range(4)])
+    assert batch["forget_input_ids"].shape[0] == batch["retain_input_ids"].shape[0] == 4
+    loss, metrics = task.loss(built.model, batch)
+    assert {"npo", "retain_loss", "forget_loss", "tokens"} <= set(metrics)
+    assert abs(metrics["npo"] - 13.8629) < 1e-3  # θ = π_ref at step 0
+    loss.backward()
+    assert any(p.grad is not None for p in built.model.parameters())
+    assert all(p.grad is None for p in task.ref.parameters())
+    with torch.no_grad():
+        state = {n: p + 0.01 for n, p in built.model.named_parameters()}
+    save_tensors(state, tmp_path / "un.safetensors")
+    un, _ = build_eval_model({"model_dir": str(target), "state": str(tmp_path / "un.safetensors"), "alpha": 0.0})
+    assert all(torch.equal(p, state[n]) for n, p in un.named_parameters())
+    two, _ = build_eval_model({"model_dir": str(target), "state": str(tmp_path / "un.safetensors"), "alpha": 2.0})
+    ini = dict(tiny_model.named_parameters())
+    for n, p in two.named_parameters():
+        assert torch.allclose(p, ini[n] + 3 * (state[n] - ini[n]), atol=1e-5)
