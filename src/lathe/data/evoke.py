@@ -28,6 +28,7 @@ from typing import Any
 
 from lathe.platform.errors import LatheError
 
+GENERATOR_VERSION = 3  # bump when the synthetic graph changes (invalidates cached knowledge models)
 MULTIHOP_SUFFIX = " The answer to this question, most simply, is"
 ICL_PREFIX = "Imagine that {} {}\n"
 

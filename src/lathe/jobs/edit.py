@@ -134,7 +134,7 @@ def knowledge_model(cfg: EditConfig | EditStatsConfig, kg: evoke.KnowledgeGraph 
         raise ConfigError("model: a preset model needs the synthetic graph to learn; set model.path for real files")
     k = cfg.knowledge
     key = json.dumps({"seed": cfg.seed, "data": cfg.data.model_dump(exclude={"n_cases"}), "model": cfg.model.model_dump(),
-                      "k": k.model_dump(mode="json"), "v": 2}, sort_keys=True)
+                      "k": k.model_dump(mode="json"), "v": evoke.GENERATOR_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(cfg.cache_dir) / f"edit-kg-{digest}"
     model_dir = root / "model"

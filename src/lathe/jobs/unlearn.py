@@ -439,6 +439,8 @@ class UnlearnJob(Job):
             "best_fq": best["forget_quality"] if best else None, "best_mu": best["model_utility"] if best else None,
             "log10_best_fq": math.log10(max(best["forget_quality"], 1e-300)) if best and
             best["forget_quality"] is not None else None,
+            # what `lathe tune` maximises: FQ of α* under the MU floor, 0 when no α qualifies
+            "score": best["forget_quality"] if best and best["forget_quality"] is not None else 0.0,
             "models_s": models_s, "train_s": train_s, "eval_s": eval_s, "wall_s": time.perf_counter() - t_start,
             "target": str(target), "retain": str(retain_dir), "retain_log": str(rl_path), "rows": rows,
         }

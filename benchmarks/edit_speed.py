@@ -1,0 +1,72 @@
+"""Edits per second: MEMIT batches of 1, 10, 100, 1000 edits vs sequential ROME, one run, same model.
+
+    python benchmarks/edit_speed.py --quick     # batches 1/10/50, fewer optimisation steps (<60 s)
+    python benchmarks/edit_speed.py             # batches 1/10/100/1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from evoke_lti import knowledge_setup, stats_for
+
+    from lathe.data import evoke
+    from lathe.jobs import edit as E
+    from lathe.jobs.sft import load_artifact
+    from lathe.methods.editing import editor_config, restore
+    from lathe.methods.editing.common import context_templates
+
+    cfg, model_dir, _, _, kg = knowledge_setup("memit")
+    model, tok = load_artifact(model_dir)
+    model.eval()
+    sizes = [1, 10, 50] if args.quick else [1, 10, 100, 1000]
+    steps = 3 if args.quick else 20
+    main, _, _ = evoke.evoke_synthetic(cfg.seed + 1, n_main=max(sizes), n_subj=0, n_relations=cfg.data.n_relations)
+    reqs = evoke.requests_of(main)
+    opts = {**cfg.options, "v_num_grad_steps": steps}
+    mmod, mcfg = editor_config("memit", opts)
+    ropts = {k: v for k, v in opts.items() if k not in ("layers", "mom2_update_weight")}
+    rmod, rcfg = editor_config("rome", {**ropts, "layer": mcfg.layers[-1]})
+    stats = stats_for(cfg, model_dir, kg, sorted(set(mcfg.layers)))
+    templates = context_templates(model, tok, mcfg.context_template_length_params, mcfg.template_seed)
+    res = {}
+    n_rome = sizes[-2] if len(sizes) > 2 else sizes[-1]
+    t = time.perf_counter()
+    r = rmod.apply(model, tok, reqs[:n_rome], rcfg, stats, templates)  # sequential rank-one updates
+    res["rome_sequential"] = {"edits": n_rome, "s": time.perf_counter() - t}
+    restore(model, r.originals)
+    for b in sizes:
+        t = time.perf_counter()
+        r = mmod.apply(model, tok, reqs[:b], mcfg, stats, templates)
+        res[f"memit_batch_{b}"] = {"edits": b, "s": time.perf_counter() - t}
+        restore(model, r.originals)
+    for k, v in res.items():
+        v["edits_per_s"] = v["edits"] / v["s"]
+        print(f"{k:18s} {v['edits']:5d} edits {v['s']:7.2f}s {v['edits_per_s']:7.2f} edits/s", flush=True)
+    out = ROOT / "runs" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "edit_speed.json").write_text(json.dumps({"quick": args.quick, "v_num_grad_steps": steps, "results": res},
+                                                    indent=1))
+    big = res[f"memit_batch_{sizes[-1]}"]["edits_per_s"]
+    rome = res["rome_sequential"]["edits_per_s"]
+    print(f"MEMIT batch {sizes[-1]}: {big:.2f} edits/s vs sequential ROME {rome:.2f} edits/s (x{big / rome:.2f})")
+
+
+if __name__ == "__main__":
+    main()
