@@ -1,0 +1,96 @@
+"""Overhead of lathe's Ray Train loop against a plain PyTorch loop, on the same SFT step.
+
+(a) a plain loop in this process; (b) lathe's loop on 1 Ray worker with the same threads;
+(c) lathe's loop on 2 workers vs 1 (1 thread each). Tokens/s is measured past warm-up.
+    python benchmarks/train_overhead.py [--quick]
+Target: (b)/(a) >= 0.9. Last line: the headline ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from _common import parser, save  # noqa: E402
+
+from lathe.data import qa  # noqa: E402
+from lathe.jobs.sft import SFTTask  # noqa: E402
+from lathe.jobs.trainer import (epoch_batches, make_optimizer, make_schedule, run_training,  # noqa: E402
+                                total_steps)
+from lathe.platform.config import ModelConfig, RayConfig, TrainConfig  # noqa: E402
+from lathe.platform.runtime import ray_session  # noqa: E402
+from lathe.platform.zoo import resolve_source  # noqa: E402
+
+
+def plain_loop(task: SFTTask, train: TrainConfig, warmup: int, threads: int) -> float:
+    """The same steps as lathe's loop, written as the usual single-process PyTorch loop."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    built = task.build()
+    model = built.model
+    model.train()
+    n = len(built.dataset)
+    steps = total_steps(n, train, 1)
+    opt = make_optimizer(model, train)
+    sched = make_schedule(opt, train, steps)
+    batches = [b for e in range(train.epochs + 1) for b in epoch_batches(n, train.batch_size, e, 0, 0, 1)]
+    tokens, t_start = 0.0, None
+    for step in range(steps):
+        if step == warmup:
+            t_start, tokens = time.perf_counter(), 0.0
+        batch = built.collate([built.dataset[j] for j in batches[step]])
+        loss, metrics = task.loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += metrics["tokens"]
+    return tokens / (time.perf_counter() - t_start)
+
+
+def ray_loop(task: SFTTask, train: TrainConfig, warmup: int, workers: int, cpus: float, storage: Path) -> float:
+    out = run_training(task, train, RayConfig(num_workers=workers, cpus_per_worker=cpus, use_gpu=False), storage)
+    recs = sorted({r["step"]: r for r in out.metrics if "loss" in r}.values(), key=lambda r: r["step"])
+    a, b = recs[warmup - 1], recs[-1]
+    return (b["tokens_seen"] - a["tokens_seen"]) / (b["elapsed_s"] - a["elapsed_s"])
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    preset, steps, warmup = ("tiny-1m", 40, 10) if args.quick else ("tiny-5m", 120, 20)
+    rows = qa.generate(2048, seed=0)
+    model_cfg = ModelConfig(preset=preset, tokenizer_vocab=1024)
+    source = resolve_source(model_cfg, [r["question"] + " " + r["answer"] for r in rows], seed=0)
+    task = SFTTask(source, rows, max_length=64, method="full", adapter={})
+    train = TrainConfig(max_steps=steps, batch_size=16, lr=1e-3, checkpoint_every=10**6, log_every=1,
+                        precision="fp32")
+    threads = max(1, min(2, os.cpu_count() or 1))
+    tmp = Path(args.out) / "train_overhead_ckpt"
+    plain = plain_loop(task, train, warmup, threads)
+    with ray_session(num_cpus=4):
+        one = ray_loop(task, train, warmup, 1, threads, tmp / f"one-{time.time_ns()}")
+        one_1t = ray_loop(task, train, warmup, 1, 1, tmp / f"one1-{time.time_ns()}")
+        two = ray_loop(task, train, warmup, 2, 1, tmp / f"two-{time.time_ns()}")
+    result = {"preset": preset, "steps": steps, "warmup": warmup, "threads": threads,
+              "plain_tokens_per_s": plain, "lathe_1worker_tokens_per_s": one, "ratio_lathe_vs_plain": one / plain,
+              "lathe_1worker_1thread_tokens_per_s": one_1t, "lathe_2workers_1thread_tokens_per_s": two,
+              "scaling_2_vs_1": two / one_1t}
+    print(f"{'setting':<36}{'tokens/s':>12}")
+    print(f"{'(a) plain PyTorch, 1 process':<36}{plain:>12.0f}")
+    print(f"{'(b) lathe Ray Train, 1 worker':<36}{one:>12.0f}")
+    print(f"{'(c) lathe, 1 worker x 1 thread':<36}{one_1t:>12.0f}")
+    print(f"{'(c) lathe, 2 workers x 1 thread':<36}{two:>12.0f}")
+    print(f"scaling 2 workers vs 1: {two / one_1t:.2f}x")
+    print(f"saved {save('train_overhead', args.out, result)}")
+    print(f"lathe/plain tokens/s ratio: {one / plain:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
