@@ -142,3 +142,38 @@ def test_uipe_lora_merged_equals_adapter_scaling():
     assert torch.allclose(x @ via_merge.T, x @ via_adapter.T, atol=1e-5)
     with pytest.raises(LatheError, match="up-projection"):
         ul.scale_adapter_state({"w": torch.zeros(2)}, 1.0)
+
+
+def test_uipe_on_a_lora_model_merged_vs_adapter_scaling(tiny_tokenizer, tiny_model):
+    """A LoRA-unlearned tiny Llama (lathe.methods.peft): extrapolating the merged weights and
+    scaling the adapters by (1+α) give the same logits; frozen tensors stay bitwise θ_ini."""
+    from lathe.methods.peft import merge_and_unload
+    from lathe.platform.registry import lookup
+
+    alpha = 0.6
+    base = copy.deepcopy(tiny_model).eval()
+    lora = lookup("peft", "lora")
+    lora = lora() if isinstance(lora, type) else lora
+    un = lora.apply(copy.deepcopy(tiny_model), {"r": 4, "lora_alpha": 8})
+    torch.manual_seed(3)
+    with torch.no_grad():  # stand-in for an unlearning run: move the adapters off zero
+        for n, p in un.named_parameters():
+            if "lora_" in n:
+                p.copy_(0.05 * torch.randn_like(p))
+    adapter = {n: p.detach().clone() for n, p in un.named_parameters() if "lora_" in n}
+    scaled = copy.deepcopy(un).eval()
+    params = dict(scaled.named_parameters())
+    with torch.no_grad():
+        for n, t in ul.scale_adapter_state(adapter, alpha).items():
+            params[n].copy_(t)
+    merged_un = merge_and_unload(copy.deepcopy(un)).eval()
+    ini_sd, un_sd = base.state_dict(), merged_un.state_dict()
+    out_sd = ul.extrapolate_state(ini_sd, un_sd, alpha)
+    changed = [k for k in out_sd if not torch.equal(out_sd[k], ini_sd[k])]
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)  # only adapted weights move
+    extrap = copy.deepcopy(base)
+    extrap.load_state_dict(out_sd)
+    ids = torch.tensor([tiny_tokenizer("Where was Kalo Ren born?")["input_ids"]])
+    with torch.no_grad():
+        a, b = extrap(input_ids=ids).logits, scaled(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)

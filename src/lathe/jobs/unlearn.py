@@ -368,16 +368,35 @@ class UnlearnJob(Job):
             specs.append({"label": "target", "model_dir": str(target)})
         if not ret_cache.is_file():
             specs.append({"label": "retain", "model_dir": str(retain_dir)})
-        if cfg.eval_epochs:
+        rule = cfg.uipe.checkpoint_rule
+        if cfg.eval_epochs or rule == "utility_floor":
             specs += [{"label": f"epoch{e}", "model_dir": str(target), "state": str(p), "epoch": e}
-                      for e, p in epochs.items() if e != last_epoch]
-        specs += [{"label": f"uipe a={a:g}", "model_dir": str(target), "state": str(epochs[last_epoch]),
-                   "alpha": a, "epoch": last_epoch} for a in cfg.uipe.alphas]
-        if 0.0 not in cfg.uipe.alphas:
-            specs.append({"label": f"epoch{last_epoch}", "model_dir": str(target), "state": str(epochs[last_epoch]),
-                          "epoch": last_epoch})
+                      for e, p in epochs.items() if e != last_epoch or rule == "utility_floor"]
+
+        def alpha_specs(epoch: int) -> list[dict]:
+            out_specs = [{"label": f"uipe a={a:g}", "model_dir": str(target), "state": str(epochs[epoch]),
+                          "alpha": a, "epoch": epoch} for a in cfg.uipe.alphas]
+            if 0.0 not in cfg.uipe.alphas and rule == "final":
+                out_specs.append({"label": f"epoch{epoch}", "model_dir": str(target), "state": str(epochs[epoch]),
+                                  "epoch": epoch})
+            return out_specs
+
         t0 = time.perf_counter()
-        evals = eval_all(specs, sets, cfg, show_progress)
+        base_epoch = last_epoch
+        if rule == "final":
+            specs += alpha_specs(last_epoch)
+            evals = eval_all(specs, sets, cfg, show_progress)
+        else:  # utility_floor: evaluate the epochs first, then extrapolate from the chosen one
+            evals = eval_all(specs, sets, cfg, show_progress)
+            ep = {e["spec"]["epoch"]: e["summary"] for e in evals if e["spec"]["label"].startswith("epoch")}
+            mu_last = ep[last_epoch]["model_utility"]
+            floor0 = cfg.uipe.mu_floor if cfg.uipe.mu_floor is not None else \
+                (cfg.uipe.mu_floor_frac * mu_last if mu_last is not None else None)
+            ok = [e for e, sm in ep.items() if floor0 is None or (sm["model_utility"] or 0) >= floor0] or [last_epoch]
+            base_epoch = min(ok, key=lambda e: (ep[e]["forget_prob"], e))
+            more = alpha_specs(base_epoch)
+            evals += eval_all(more, sets, cfg, show_progress)
+            specs += more
         eval_s = time.perf_counter() - t0
         by_label = {e["spec"]["label"]: e for e in evals}
         if "target" in by_label:
@@ -420,7 +439,7 @@ class UnlearnJob(Job):
                       for s in specs if "alpha" in s]
         rows = base_rows + sorted(epoch_rows, key=lambda r: r["epoch"]) + alpha_rows
         un_row = next((r for r in alpha_rows if r["alpha"] == 0.0), None) or \
-            next(r for r in epoch_rows if r["epoch"] == last_epoch)
+            next(r for r in epoch_rows if r["epoch"] == base_epoch)
         mu_un = un_row["model_utility"]
         floor = cfg.uipe.mu_floor if cfg.uipe.mu_floor is not None else \
             (cfg.uipe.mu_floor_frac * mu_un if mu_un is not None else None)
@@ -428,7 +447,7 @@ class UnlearnJob(Job):
 
         steps = [r for r in out.metrics if "loss" in r]
         results: dict[str, Any] = {
-            "method": cfg.unlearn.method, "split": split, "epochs": last_epoch,
+            "method": cfg.unlearn.method, "split": split, "epochs": last_epoch, "uipe_epoch": base_epoch,
             "steps": steps[-1]["step"] if steps else 0,
             "fq_target": base_rows[0]["forget_quality"], "mu_target": base_rows[0]["model_utility"],
             "forget_rougeL_target": base_rows[0]["forget_rougeL"],
