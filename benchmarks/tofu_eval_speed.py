@@ -36,8 +36,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=None)
     args = ap.parse_args()
     preset = args.preset or ("tiny-1m" if args.quick else "tiny-5m")
-    n = args.rows or (16 if args.quick else 40)
-    new_tokens = args.max_new_tokens or (16 if args.quick else 32)
+    n = args.rows or (8 if args.quick else 40)
+    new_tokens = args.max_new_tokens or (12 if args.quick else 32)
     torch.manual_seed(0)
     ds = tofu_synthetic(seed=0, n_authors=20, qa_per_author=20, n_real_authors=n, n_world_facts=n)
     sets = {"forget10_perturbed": ds.get("forget10_perturbed")[:n], "retain_perturbed": ds.get("retain_perturbed")[:n],
