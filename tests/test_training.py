@@ -54,3 +54,16 @@ def test_injected_failure_resumes_from_last_checkpoint(ray_local, tmp_path):
     clean = _cfg(tmp_path, max_steps=20, checkpoint_every=6, num_to_keep=2)
     res2 = SFTJob().run(clean, RunDir.create(clean), show_progress=False)
     assert res2["final_loss"] == pytest.approx(res["final_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_cpu_workers(ray_local, tmp_path, stage):
+    """ZeRO on 2 CPU ranks (DS_ACCELERATOR=cpu, gloo); the first run JIT-compiles DeepSpeed ops."""
+    cfg = _cfg(tmp_path, max_steps=12, checkpoint_every=6)
+    cfg.train.deepspeed = {"stage": stage}
+    run = RunDir.create(cfg)
+    res = SFTJob().run(cfg, run, show_progress=False)
+    steps = [r for r in run.metrics() if "loss" in r]
+    assert res["steps"] == 12 and steps[-1]["loss"] < steps[0]["loss"]
+    assert (run.path / "artifacts" / "model" / "model.safetensors").is_file()

@@ -220,11 +220,23 @@ def _report(task, model, opt, sched, engine, step, loss, rank, final, tokenizer)
                 save_tensors(task.trainable_state(model), d / "trainable.safetensors")
                 save_optimizer(opt, d)
             (d / "state.json").write_text(json.dumps({"step": step, "scheduler": sched.state_dict()}))
-            if final:
-                task.save_artifact(model, tokenizer, d / "artifact")
             has_files = True
+        if final:
+            with _gathered(model, engine):  # ZeRO-3 partitions weights; every rank joins the gather
+                if rank == 0:
+                    task.save_artifact(model, tokenizer, d / "artifact")
         ckpt = ray.train.Checkpoint.from_directory(tmp) if has_files else None
         ray.train.report({"step": step, "loss": loss}, checkpoint=ckpt, checkpoint_dir_name=f"step_{step:08d}")
+
+
+def _gathered(model, engine):
+    import contextlib
+
+    if engine is None or engine.zero_optimization_stage() < 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 def _deepspeed_engine(model, opt, sched, train: TrainConfig, amp_dtype):
