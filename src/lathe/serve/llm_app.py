@@ -141,6 +141,12 @@ def pick_engine(engine: str) -> str:
         return "transformers"
 
 
+def _usage(gens: list[Generation]) -> dict:
+    p = sum(g.prompt_tokens for g in gens)
+    c = sum(g.completion_tokens for g in gens)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
 @serve.deployment(name="LLMServer")
 @serve.ingress(api)
 class LLMServer:
@@ -198,12 +204,6 @@ class LLMServer:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gens[0].text},
                              "finish_reason": gens[0].finish_reason}],
                 "usage": _usage(gens)}
-
-
-def _usage(gens: list[Generation]) -> dict:
-    p = sum(g.prompt_tokens for g in gens)
-    c = sum(g.completion_tokens for g in gens)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 def build_app(cfg, model_dir: str, token: str | None = None):
