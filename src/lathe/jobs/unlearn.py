@@ -254,7 +254,10 @@ def eval_all(specs: list[dict], sets: dict, cfg: UnlearnConfig, show: bool) -> l
     """Every evaluation as its own Ray task, in parallel; results in the order of `specs`."""
     import ray
 
-    remote = ray.remote(num_cpus=cfg.eval_cpus, num_gpus=cfg.eval_gpus)(run_eval)
+    # "DEFAULT" scheduling: inside a Tune trial the tasks are scheduled on the cluster rather
+    # than squeezed into the trial's placement group (as Ray Train's workers are).
+    remote = ray.remote(num_cpus=cfg.eval_cpus, num_gpus=cfg.eval_gpus)(run_eval).options(
+        scheduling_strategy="DEFAULT")
     sets_ref = ray.put(sets)
     threads = max(1, int(cfg.eval_cpus))
     pending = {remote.remote(s, sets_ref, cfg.eval.model_dump(), cfg.data.split, threads): i
