@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/peft_quality.json")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    causal_steps, enc_steps, seeds = (40, 15, [0]) if args.quick else (400, 150, [0, 1])
+    causal_steps, enc_steps, seeds = (20, 8, [0]) if args.quick else (400, 150, [0, 1])
     t0 = time.time()
     out: dict = {"causal": {}, "encoder": {}, "steps": {"causal": causal_steps, "encoder": enc_steps}}
     cache: dict = {}
