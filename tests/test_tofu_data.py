@@ -83,6 +83,7 @@ def test_loader_reads_published_format(tmp_path):
     assert loaded.retain("forget10") == ds.configs["retain90"]
 
 
+@pytest.mark.filterwarnings("ignore:.*the published config has")
 def test_loader_errors(tmp_path):
     (tmp_path / "forget10_perturbed.jsonl").write_text(json.dumps({"question": "q", "answer": "a",
                                                                    "perturbed_answer": ["b"]}) + "\n")

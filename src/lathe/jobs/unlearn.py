@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 from lathe.data import tofu as tofu_data
 from lathe.eval import tofu as tofu_eval
 from lathe.jobs.base import Job, Reporter
-from lathe.jobs.checkpoint import load_tensors, save_tensors
+from lathe.jobs.checkpoint import load_tensors
 from lathe.jobs.sft import SFTTask, load_artifact
 from lathe.jobs.task import Built, TrainTask
 from lathe.jobs.trainer import run_training, steps_per_epoch
@@ -42,7 +42,7 @@ from lathe.methods import sft as sft_lib
 from lathe.methods import unlearning
 from lathe.platform.config import JobConfig, Strict, TrainConfig
 from lathe.platform.errors import ConfigError, LatheError
-from lathe.platform.registry import lookup, register
+from lathe.platform.registry import register
 from lathe.platform.runstore import RunDir, markdown_table, plot_curves
 from lathe.platform.zoo import resolve_source
 
