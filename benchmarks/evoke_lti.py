@@ -71,7 +71,7 @@ def main() -> None:
     from lathe.jobs import edit as E
     from lathe.platform.config import load_config
 
-    n = args.cases or (6 if args.quick else None)
+    n = args.cases or (4 if args.quick else None)
     _, model_dir, main_recs, subj_recs, kg = knowledge_setup()
     main_recs = main_recs[:n] if n else main_recs
     subj_recs = subj_recs[:max(1, n // 2)] if n else subj_recs

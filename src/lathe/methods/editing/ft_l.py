@@ -63,7 +63,7 @@ def apply(model, tok, requests: list[EditRequest], cfg: FTConfig, stats=None, te
         for _ in range(cfg.num_steps):
             opt.zero_grad()
             loss = nll_loss(model, tok, requests, cfg.legacy_last_position_loss)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if float(loss) < 1e-2:
                 break
             loss.backward()

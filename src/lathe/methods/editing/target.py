@@ -191,7 +191,7 @@ def _loop(model, tok, resolver, req, templates, spec, target_ids, b, module, del
             parts = {"nll": float(nll.detach()), "kl_last": float(kl_last.detach()), "kl_mid": float(kl_mid.detach())}
         loss = loss + wd
         losses.append(float(loss.detach()))
-        if float(loss) < 5e-2 or it == spec.steps - 1:
+        if float(loss.detach()) < 5e-2 or it == spec.steps - 1:
             break
         loss.backward()
         opt.step()
