@@ -122,6 +122,17 @@ def main() -> None:
            "fq_retain": first["fq_retain"], "mu_retain": first["mu_retain"], "rows": rows, "verdicts": verdicts,
            "runs": {m: str(Path(r["retain_log"]).parent) for m, r in results.items()}}
     Path("runs/bench").mkdir(parents=True, exist_ok=True)
+    import math
+
+    from lathe.platform.runstore import plot_curves
+
+    lg = lambda x: math.log10(max(x, 1e-300))  # noqa: E731
+    series = {f"{m} (α 0→2)": ([r["MU"] for r in rows if r["method"] == m], [lg(r["FQ"]) for r in rows if r["method"] == m])
+              for m in results}
+    series["target θ_ini"] = ([first["mu_target"]], [lg(first["fq_target"])])
+    series["retain θ_ret"] = ([first["mu_retain"]], [lg(first["fq_retain"])])
+    out["plot"] = str(plot_curves(Path("runs/bench/tofu_uipe_fq_vs_mu.png"), series, xlabel="model utility",
+                                  ylabel="log10 forget quality", title=f"UIPE α paths ({scale})"))
     Path("runs/bench/tofu_uipe.json").write_text(json.dumps(out, indent=2, default=str))
     holds = [m for m, v in verdicts.items() if v["holds"]]
     print(f"tofu_uipe[{scale}]: target forget ROUGE-L {memorised:.3f} (memorised: {memorised >= 0.9}); "
