@@ -33,22 +33,26 @@ ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 METHODS = {"ga": {}, "graddiff": {"gamma": 1.0, "alpha": 1.0}, "npo": {"beta": 0.1, "gamma": 1.0, "alpha": 1.0}}
 
 
-def config(method: str, scale: str, seq: bool) -> dict:
+def config(method: str, scale: str, lr: float | None, epochs: int | None) -> dict:
     if scale == "quick":
         data = {"n_authors": 10, "qa_per_author": 6, "n_real_authors": 8, "n_world_facts": 8, "max_length": 64}
         sft = {"epochs": 40, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 10_000}
-        un = {"epochs": 2, "batch_size": 3, "lr": 1e-3, "checkpoint_every": 10_000}
+        un = {"epochs": 2, "batch_size": 3, "lr": 3e-4, "checkpoint_every": 10_000}
         model, new_tokens = {"preset": "tiny-1m", "tokenizer_vocab": 1024}, 24
     elif scale == "small":
         data = {"n_authors": 20, "qa_per_author": 10, "n_real_authors": 20, "n_world_facts": 20, "max_length": 64}
         sft = {"epochs": 40, "batch_size": 16, "lr": 3e-3, "warmup_steps": 10, "checkpoint_every": 10_000}
-        un = {"epochs": 4, "batch_size": 5, "lr": 1e-3, "checkpoint_every": 10_000}
+        un = {"epochs": 4, "batch_size": 5, "lr": 2e-4, "checkpoint_every": 10_000}
         model, new_tokens = {"preset": "tiny-1m", "tokenizer_vocab": 1024}, 40
     else:  # the published sizes; meant for a GPU
         data = {"n_authors": 200, "qa_per_author": 20, "max_length": 128}
         sft = {"epochs": 30, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "checkpoint_every": 10_000}
         un = {"epochs": 5, "batch_size": 8, "grad_accum": 4, "lr": 1e-4, "checkpoint_every": 10_000}
         model, new_tokens = {"preset": "tiny-20m", "tokenizer_vocab": 4096}, 64
+    if lr is not None:
+        un["lr"] = lr
+    if epochs is not None:
+        un["epochs"] = epochs
     return {"job": "unlearn", "name": f"bench-uipe-{method}", "seed": 0, "output_root": "runs/bench/tofu_uipe",
             "model": model, "data": {"split": "forget10", **data},
             "models": {"cache_dir": "runs/cache", "train": sft},
@@ -62,6 +66,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-scale", action="store_true")
     ap.add_argument("--sequential", action="store_true", help="run the base methods one after another")
+    ap.add_argument("--lr", type=float, default=None, help="unlearning learning rate (default per scale)")
+    ap.add_argument("--epochs", type=int, default=None, help="unlearning epochs (default per scale)")
     args = ap.parse_args()
     scale = "quick" if args.quick else ("full" if args.full_scale else "small")
 
@@ -71,7 +77,7 @@ def main() -> None:
     from lathe.platform.runtime import ray_session
 
     t0 = time.perf_counter()
-    cfgs = {m: validate(config(m, scale, args.sequential), f"tofu_uipe[{m}]") for m in METHODS}
+    cfgs = {m: validate(config(m, scale, args.lr, args.epochs), f"tofu_uipe[{m}]") for m in METHODS}
     results: dict[str, dict] = {}
     with ray_session():
         # θ_ini and θ_ret once (cached), before the methods race for them
@@ -117,7 +123,8 @@ def main() -> None:
     print()
     for m, v in verdicts.items():
         print(f"{m}: α>0 beats α=0 on FQ with MU within 5%: {'YES at α=' + str(v['alphas']) if v['holds'] else 'no'}")
-    out = {"scale": scale, "wall_s": wall, "models_s": t_models, "forget_rougeL_target": memorised,
+    out = {"scale": scale, "unlearn_lr": cfgs["ga"].unlearn.train.lr, "unlearn_epochs": cfgs["ga"].unlearn.train.epochs,
+           "wall_s": wall, "models_s": t_models, "forget_rougeL_target": memorised,
            "memorised": memorised >= 0.9, "fq_target": first["fq_target"], "mu_target": first["mu_target"],
            "fq_retain": first["fq_retain"], "mu_retain": first["mu_retain"], "rows": rows, "verdicts": verdicts,
            "runs": {m: str(Path(r["retain_log"]).parent) for m, r in results.items()}}
