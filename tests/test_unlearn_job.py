@@ -12,6 +12,18 @@ from lathe.platform.errors import ConfigError
 from lathe.platform.runstore import RunDir
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine
+    (OpenMP threads spin against other processes)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(tmp_path, **over):
     data = {
         "job": "unlearn", "name": "ut", "seed": 0, "output_root": str(tmp_path / "runs"),
