@@ -67,3 +67,16 @@ def test_deepspeed_zero_on_cpu_workers(ray_local, tmp_path, stage):
     steps = [r for r in run.metrics() if "loss" in r]
     assert res["steps"] == 12 and steps[-1]["loss"] < steps[0]["loss"]
     assert (run.path / "artifacts" / "model" / "model.safetensors").is_file()
+
+
+def test_rerun_on_same_storage_resumes(ray_local, tmp_path):
+    """A job that died (no retries left) continues from its last checkpoint when re-run on its run dir."""
+    dying = _cfg(tmp_path, max_steps=12, checkpoint_every=5, fail_at_step=8, max_failures=0)
+    run = RunDir.create(dying)
+    with pytest.raises(Exception, match="injected failure"):
+        SFTJob().run(dying, run, show_progress=False)
+    assert not (run.path / "artifacts" / "model").exists()
+    again = _cfg(tmp_path, max_steps=12, checkpoint_every=5)
+    res = SFTJob().run(again, RunDir.open(run.path), show_progress=False)
+    assert {"event": "resumed", "step": 5} in run.metrics()
+    assert res["steps"] == 12 and (run.path / "artifacts" / "model" / "model.safetensors").is_file()

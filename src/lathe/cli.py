@@ -22,7 +22,14 @@ def _cmd_run(args) -> int:
     run = RunDir.open(args.resume) if args.resume else RunDir.create(cfg)
     print(f"lathe: {cfg.job} '{cfg.name}' -> {run.path}", file=sys.stderr)
     with ray_session(args.address or cfg.ray.address, quiet=not args.verbose):
-        results = job.run(cfg, run)
+        try:
+            results = job.run(cfg, run)
+        except (LatheError, KeyboardInterrupt):
+            raise
+        except Exception:
+            print(f"lathe: the job failed; after fixing the cause, continue from its last checkpoint with:\n"
+                  f"  lathe run {args.config} {' '.join(args.overrides)} --resume {run.path}", file=sys.stderr)
+            raise
     shown = {k: v for k, v in results.items() if isinstance(v, (int, float, str)) and k != "artifact"}
     print(markdown_table([shown]) if shown else json.dumps(results, indent=2, default=str))
     print(f"\nreport: {run.path / 'report.md'}")
