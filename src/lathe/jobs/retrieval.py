@@ -66,6 +66,11 @@ def score(d: data_lib.ToolRetData, run: dict) -> dict:
     return agg
 
 
+def _pct(v: float) -> str:
+    """x100 with exactly two decimals, as the paper prints (markdown_table's digits are significant digits)."""
+    return f"{ev.x100(v):.2f}"
+
+
 def paper_table(rows: list[dict]) -> str:
     """Rows {retriever, mode, agg} -> the paper's layout: one line per retriever, w/o vs w/ inst."""
     by: dict[str, dict[str, dict]] = {}
@@ -77,11 +82,11 @@ def paper_table(rows: list[dict]) -> str:
         for mode, label in MODES.items():
             if mode in modes:
                 avg = modes[mode]["average"]
-                line[f"{label} N@10"] = ev.x100(avg["ndcg@10"])
-                line[f"{label} C@10"] = ev.x100(avg["completeness@10"])
+                line[f"{label} N@10"] = _pct(avg["ndcg@10"])
+                line[f"{label} C@10"] = _pct(avg["completeness@10"])
         for mode, label in MODES.items():
             for cat, m in modes.get(mode, {}).get("categories", {}).items():
-                line[f"{label} {cat} N@10"] = ev.x100(m["ndcg@10"])
+                line[f"{label} {cat} N@10"] = _pct(m["ndcg@10"])
         out.append(line)
     return markdown_table(out, digits=2)
 
@@ -93,7 +98,7 @@ def full_table(rows: list[dict]) -> str:
             line = {"retriever": r["retriever"], "mode": MODES[r["mode"]], "scope": scope}
             for k in ev.KS:
                 for metric in ("ndcg", "precision", "recall", "map", "completeness"):
-                    line[f"{metric[0].upper() if metric != 'map' else 'MAP'}@{k}"] = ev.x100(m[f"{metric}@{k}"])
+                    line[f"{metric[0].upper() if metric != 'map' else 'MAP'}@{k}"] = _pct(m[f"{metric}@{k}"])
             lines.append(line)
     return markdown_table(lines, digits=2)
 
@@ -364,7 +369,7 @@ class RetrieverTrainJob(Job):
         run.write_results(results)
         run.write_report(f"retriever_train: {cfg.name}", [
             ("Data", d.summary()), ("Results (x100)", markdown_table([{k: v for k, v in results.items()
-                                                                     if k != "artifact"}], digits=2)),
+                                                                     if k != "artifact"}], digits=5)),
             ("Artifact", f"`{results['artifact']}`")], plots)
         return results
 
