@@ -1,14 +1,28 @@
 """PEFT step-time benchmark: forward+backward+AdamW step, ours vs baselines, printed as ratios.
 
-  python benchmarks/peft_speed.py --quick     # tiny-20m only, CPU, < 60 s
-  python benchmarks/peft_speed.py             # + a wider random-init Llama; on a GPU also a 1B Llama in bf16 + MFU
+  python benchmarks/peft_speed.py --quick     # tiny-20m at 2x32 tokens + a small layer sweep, CPU, < 60 s
+  python benchmarks/peft_speed.py             # tiny-20m at 4x128 and 8x256 tokens, a wider random-init Llama,
+                                              # a larger layer sweep; on a GPU also a 1B Llama in bf16 + MFU
 
-Ratios (time ours / time baseline, lower is better unless noted):
-  lora_vs_hf_peft          our LoRA r=8 vs HF peft LoRA r=8                  target <= 1.05
+Model-level ratios (step time ours / baseline; lower is better unless noted):
+  lora_vs_hf_peft          our LoRA r=8 vs HF peft LoRA r=8                    target <= 1.05
   melora_loop_speedup      per-mini Python loop / our einsum MELoRA (n=8)      target >= 3   (higher is better)
   melora_vs_lora_same_p    MELoRA n=8 r=1 vs LoRA r=1 (same trainable params)  target <= 1.15
-  aslora_vs_lora           ASLoRA r=8 vs our LoRA r=8                          target <= 1.1
-Writes runs/bench/peft_speed.json.
+  aslora_vs_lora           ASLoRA r=8 (shared A, L slots) vs our LoRA r=8      target <= 1.1
+  aslora_merged_vs_lora    ASLoRA r=8 merged to ceil(L/4) slots vs LoRA r=8    target <= 1.1
+ASLoRA steps include its `after_step` hook (what the training loop runs: merge bookkeeping and
+the refresh of merged-away rows), so merging costs are in the number.
+
+Layer-level MELoRA sweep: the adapter path alone (fwd+bwd, input gradient on, as inside a model),
+einsum vs the per-mini loop, over token counts; this is where the loop's overhead is not hidden
+by the frozen base model.
+
+Timing: on CPU the default clock is the process's CPU time (`time.process_time`) with one torch
+thread (`--threads 1`), so the numbers measure the work done and not the share of a busy, shared
+machine we happened to get; `--clock wall --threads 2` gives wall time. On CUDA the clock is wall
+time with synchronisation. Variants are interleaved round by round (drift hits all alike); each
+variant's time is the minimum over rounds of the per-round median. Writes runs/bench/peft_speed.json.
+The headline is the last line printed.
 """
 
 from __future__ import annotations
@@ -26,21 +40,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from lathe.methods import peft as P  # noqa: E402
 from lathe.methods.peft.melora import MeloraLayer  # noqa: E402
 
+CLOCK = time.process_time
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class LoopMelora(MeloraLayer):
-    """Baseline: the per-mini Python loop (as in the official code), same parameters."""
+    """Baseline: the per-mini Python loop of the official code (one A_i, B_i linear pair per mini),
+    same parameters and the same result as the einsum path."""
 
     def adapter_out(self, name, x):
         a, b, n = self.melora_A[name], self.melora_B[name], self.n[name]
         di = self.in_features // n
         x = self.dropout[name](x)
-        return torch.cat([(x[..., i * di:(i + 1) * di] @ a[i].T) @ b[i].T for i in range(n)], -1) * self.scaling[name]
+        return torch.cat([F.linear(F.linear(x[..., i * di:(i + 1) * di], a[i]), b[i]) for i in range(n)],
+                         -1) * self.scaling[name]
 
 
 def build(kind: str, device, dtype):
@@ -75,50 +93,64 @@ def make(variant: str, base, device):
             for _, layer in P.adapter_layers(m):
                 layer.__class__ = LoopMelora
         return m
-    if variant == "aslora_r8":
-        return P.get("aslora").apply(m, {"r": 8, "target_modules": TARGETS, "total_steps": 100})
+    if variant in ("aslora_r8", "aslora_merged_r8"):
+        method = P.get("aslora")
+        m = method.apply(m, {"r": 8, "target_modules": TARGETS, "total_steps": 1000})
+        if variant == "aslora_merged_r8":  # merge every group down to ceil(L/4) slots before timing
+            cont = m.lathe_aslora
+            with torch.no_grad():
+                for g in cont.groups.values():
+                    g.B.normal_(0, 0.01)
+            for key, g in cont.groups.items():
+                while g.n_slots() > g.target:
+                    method.merge_once(cont, key, g, None, step=0)
+        return m
     raise ValueError(variant)
 
 
-def time_steps(model, ids, iters: int, warmup: int, device) -> float:
+def time_steps(model, ids, iters: int, warmup: int, device, hook=None) -> float:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     times = []
     for i in range(warmup + iters):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = CLOCK()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if hook is not None:
+            hook(model, 1, opt)  # step 1: before merge_start, so only the per-step bookkeeping runs
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
-            times.append(time.perf_counter() - t)
+            times.append(CLOCK() - t)
     return statistics.median(times)
 
 
-def bench_model(kind: str, args, device, dtype) -> dict:
+VARIANTS = ["lora_r8", "hf_peft_lora_r8", "melora_n8r1", "melora_loop_n8r1", "lora_r1", "aslora_r8",
+            "aslora_merged_r8"]
+
+
+def bench_model(kind: str, bsz: int, seq: int, args, device, dtype) -> dict:
     base = build(kind, device, dtype)
-    bsz, seq = (args.batch, args.seq) if kind != "llama-1b" else (4, 512)
-    ids = torch.randint(0, base.config.vocab_size, (bsz, seq), device=device)
-    variants = ["lora_r8", "hf_peft_lora_r8", "melora_n8r1", "melora_loop_n8r1", "lora_r1", "aslora_r8"]
-    res = {}
-    # interleave rounds so load drift on a shared machine hits all variants alike
-    models = {v: make(v, base, device) for v in variants}
-    for v in variants:
-        res[v] = []
+    ids = torch.randint(0, base.config.vocab_size, (bsz, seq), device=device, generator=None)
+    models = {v: make(v, base, device) for v in VARIANTS}
+    hooks = {v: (P.get("aslora").after_step if v.startswith("aslora") else None) for v in VARIANTS}
+    res: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for v in variants:
-            res[v].append(time_steps(models[v], ids, args.iters, 1, device))
+        for v in VARIANTS:
+            res[v].append(time_steps(models[v], ids, args.iters, 1, device, hooks[v]))
     t = {v: min(ts) for v, ts in res.items()}
-    out = {"model": kind, "batch": bsz, "seq": seq, "step_s": t,
-           "trainable": {v: P.get_nb_trainable_parameters(models[v])[0] for v in variants},
+    out = {"model": kind, "batch": bsz, "seq": seq, "tokens": bsz * seq, "step_s": t,
+           "trainable": {v: P.trainable_report(models[v])["effective_trainable"] if v != "hf_peft_lora_r8"
+                         else P.get_nb_trainable_parameters(models[v])[0] for v in VARIANTS},
            "ratios": {"lora_vs_hf_peft": t["lora_r8"] / t["hf_peft_lora_r8"],
                       "melora_loop_speedup": t["melora_loop_n8r1"] / t["melora_n8r1"],
                       "melora_vs_lora_same_p": t["melora_n8r1"] / t["lora_r1"],
-                      "aslora_vs_lora": t["aslora_r8"] / t["lora_r8"]}}
+                      "aslora_vs_lora": t["aslora_r8"] / t["lora_r8"],
+                      "aslora_merged_vs_lora": t["aslora_merged_r8"] / t["lora_r8"]}}
     if device.type == "cuda":
         n = sum(p.numel() for p in base.parameters())
         flops = 6 * n * bsz * seq  # ~ fwd+bwd of a frozen base with tiny adapters (upper bound, incl. weight grads)
@@ -127,54 +159,88 @@ def bench_model(kind: str, args, device, dtype) -> dict:
     return out
 
 
-def bench_layer(d_in: int, d_out: int, tokens: int, reps: int) -> dict:
-    """Adapter path alone (fwd+bwd), where the einsum-vs-loop difference is not hidden by the base model."""
-    x = torch.randn(tokens, d_in, requires_grad=True)
-    out = {}
+def bench_layer(d: int, tokens: int, reps: int, rounds: int, n: int = 8, r: int = 1) -> dict:
+    """MELoRA adapter path alone, fwd+bwd with the input gradient on: einsum vs per-mini loop."""
+    torch.manual_seed(0)
+    x = torch.randn(tokens, d, requires_grad=True)
+    layers = {}
     for cls in (MeloraLayer, LoopMelora):
-        layer = cls(torch.nn.Linear(d_in, d_out))
-        layer.add_adapter("default", r=1, n=8, alpha=16, dropout=0.0, scaling="per_mini", rslora=False)
-        ts = []
-        for i in range(reps + 2):
-            t = time.perf_counter()
-            layer.adapter_out("default", x).sum().backward()
-            if i >= 2:
-                ts.append(time.perf_counter() - t)
-        out[cls.__name__] = min(ts)
-    return {"shape": [tokens, d_in, d_out], "einsum_s": out["MeloraLayer"], "loop_s": out["LoopMelora"],
-            "loop_speedup": out["LoopMelora"] / out["MeloraLayer"]}
+        layer = cls(torch.nn.Linear(d, d))
+        layer.add_adapter("default", r=r, n=n, alpha=16, dropout=0.0, scaling="per_mini", rslora=False)
+        layers[cls.__name__] = layer
+    a = layers["MeloraLayer"]
+    with torch.no_grad():  # same parameters in both, so the outputs can be compared
+        a.melora_B["default"].normal_()
+        layers["LoopMelora"].melora_A["default"].copy_(a.melora_A["default"])
+        layers["LoopMelora"].melora_B["default"].copy_(a.melora_B["default"])
+        assert torch.allclose(a.adapter_out("default", x), layers["LoopMelora"].adapter_out("default", x),
+                              atol=1e-4, rtol=1e-4)
+    best = {k: float("inf") for k in layers}
+    for _ in range(rounds):
+        for k, layer in layers.items():
+            ts = []
+            for i in range(reps + 2):
+                t = CLOCK()
+                layer.adapter_out("default", x).sum().backward()
+                if i >= 2:
+                    ts.append(CLOCK() - t)
+            best[k] = min(best[k], statistics.median(ts))
+    return {"d": d, "tokens": tokens, "n": n, "r": r, "einsum_s": best["MeloraLayer"], "loop_s": best["LoopMelora"],
+            "loop_speedup": best["LoopMelora"] / best["MeloraLayer"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU: process CPU time or wall time")
     ap.add_argument("--out", default="runs/bench/peft_speed.json")
     args = ap.parse_args()
+    t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    global CLOCK
+    CLOCK = time.perf_counter if (args.clock == "wall" or device.type == "cuda") else time.process_time
+    torch.set_num_threads(args.threads)
     if args.quick:
-        args.batch, args.seq, args.iters, args.rounds = 2, 32, 2, 1
-    kinds = ["tiny-20m"] if args.quick else ["tiny-20m", "wide"]
-    results = [bench_model(k, args, device, torch.float32) for k in kinds]
+        args.iters, args.rounds = 3, 2
+        runs = [("tiny-20m", 2, 32)]
+        sweep = [(512, 64), (512, 512), (512, 4096)]
+    else:
+        runs = [("tiny-20m", 2, 32), ("tiny-20m", 4, 128), ("tiny-20m", 8, 256), ("wide", 4, 128)]
+        sweep = [(512, 64), (512, 512), (512, 4096), (1024, 64), (1024, 1024), (1024, 8192)]
+    layer = []
+    for d, tok in sweep:
+        layer.append(bench_layer(d, tok, reps=10 if args.quick else 20, rounds=2 if args.quick else 3))
+        x = layer[-1]
+        print(f"[layer d={d} tokens={tok}] MELoRA n=8 r=1 adapter fwd+bwd: einsum={x['einsum_s'] * 1e3:.3f}ms "
+              f"loop={x['loop_s'] * 1e3:.3f}ms loop/einsum={x['loop_speedup']:.2f}x", flush=True)
+    results = []
+    for kind, b, s in runs:
+        r = bench_model(kind, b, s, args, device, torch.float32)
+        results.append(r)
+        print(f"[{kind} {b}x{s}] step: " + ", ".join(f"{k}={v * 1e3:.1f}ms" for k, v in r["step_s"].items()),
+              flush=True)
+        print(f"[{kind} {b}x{s}] ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items())
+              + (f", mfu_lora_r8={r['mfu_lora_r8']:.3f}" if "mfu_lora_r8" in r else ""), flush=True)
     if device.type == "cuda" and not args.quick:
-        results.append(bench_model("llama-1b", args, device, torch.bfloat16))
-    layer = bench_layer(512, 512, 256 if args.quick else 2048, 5 if args.quick else 20)
-    print(f"[layer {layer['shape']}] MELoRA adapter path fwd+bwd: einsum={layer['einsum_s'] * 1e3:.2f}ms "
-          f"loop={layer['loop_s'] * 1e3:.2f}ms speedup={layer['loop_speedup']:.2f}x")
-    for r in results:
-        print(f"[{r['model']}] step s: " + ", ".join(f"{k}={v * 1e3:.1f}ms" for k, v in r["step_s"].items()))
-        print(f"[{r['model']}] ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items())
-              + (f", mfu_lora_r8={r['mfu_lora_r8']:.3f}" if "mfu_lora_r8" in r else ""))
+        r = bench_model("llama-1b", 4, 512, args, device, torch.bfloat16)
+        results.append(r)
+        print(f"[llama-1b 4x512] ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items()), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": str(device), "torch_threads": torch.get_num_threads(),
-                                          "results": results, "melora_layer": layer}, indent=2))
+                                          "clock": CLOCK.__name__,
+                                          "results": results, "melora_layer": layer,
+                                          "wall_s": time.time() - t0}, indent=2))
     r = results[0]["ratios"]
-    print(f"peft_speed {results[0]['model']}: lora/hf_peft={r['lora_vs_hf_peft']:.2f}x "
-          f"melora loop-speedup={r['melora_loop_speedup']:.2f}x melora/lora_same_params={r['melora_vs_lora_same_p']:.2f}x "
-          f"aslora/lora={r['aslora_vs_lora']:.2f}x melora-layer loop-speedup={layer['loop_speedup']:.2f}x")
+    small = min(layer, key=lambda x: x["tokens"])
+    print(f"peft_speed {results[0]['model']} {results[0]['batch']}x{results[0]['seq']}: "
+          f"lora/hf_peft={r['lora_vs_hf_peft']:.2f}x melora loop/einsum={r['melora_loop_speedup']:.2f}x "
+          f"melora/lora_same_params={r['melora_vs_lora_same_p']:.2f}x aslora/lora={r['aslora_vs_lora']:.2f}x "
+          f"aslora_merged/lora={r['aslora_merged_vs_lora']:.2f}x | layer d={small['d']} tokens={small['tokens']} "
+          f"loop/einsum={small['loop_speedup']:.2f}x [{CLOCK.__name__}, {torch.get_num_threads()} thread(s), "
+          f"{time.time() - t0:.0f}s]")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,16 @@ checkpoint holds exactly the trainable tensors): per group one A (or one global 
 stacked B of shape (L, d_out, r), plus a persistent layer→slot map buffer. Layer l reads
 row slot_map[l], whose value is the slot's representative (lowest layer index), so a merged
 slot is a single tensor row used by every member: its gradient is the sum over members
-(true weight sharing). After each optimizer step the representative is copied into the
-members' rows, so every checkpoint holds the merged values in every row, and the map can be
-rebuilt from equal rows on resume. Merged-away rows get their Adam moments zeroed.
+(true weight sharing).
+
+Step-time cost: the forward pass makes no copies. B is split into per-row views once per
+group and parameter version (`AsloraGroup.row_views`, one `unbind`, so the backward pass
+builds the (L, d_out, r) gradient once per group rather than once per layer), and each layer
+picks its representative's view through the map; the global A is sliced once per width the
+same way. After each optimizer step only the merged-away rows (none before the first merge)
+are refreshed from their representatives with one `index_copy_`, so every checkpoint holds
+the merged values in every row and the map can be rebuilt from equal rows on resume.
+Merged-away rows get their Adam moments zeroed.
 
 A loaded adapter is compact: B holds only the K distinct slots and the map indexes them.
 """
@@ -66,10 +73,39 @@ class AsloraGroup(nn.Module):
         self.compact = False
         self.synced = False
         self.layer_names: list[str] = []
+        self._views: tuple = ((), None)  # (row views, cache key)
+        self._tie: tuple[torch.Tensor, torch.Tensor] | None = None  # (merged-away rows, their representatives)
 
     def set_map(self, m: list[int]) -> None:
         self.rows = list(m)
         self.slot_map.copy_(torch.tensor(m, device=self.slot_map.device))
+        dst = [l for l, r in enumerate(self.rows) if r != l]
+        self._tie = None if self.compact or not dst else (
+            torch.tensor(dst, dtype=torch.long, device=self.B.device),
+            torch.tensor([self.rows[l] for l in dst], dtype=torch.long, device=self.B.device))
+
+    def __getstate__(self):  # deepcopy/pickle: drop the cached views (non-leaf tensors)
+        state = super().__getstate__()
+        state["_views"] = ((), None)
+        return state
+
+    def row_views(self) -> tuple[torch.Tensor, ...]:
+        """B's rows as views, made once per (B tensor, version, grad mode).
+
+        One `unbind` serves every member layer in a forward pass, so the backward pass builds
+        B's gradient once per group (not a zero-filled (L, d_out, r) tensor per layer, as
+        `B[i]` would). The optimizer's in-place update bumps B's version, so the next
+        forward pass unbinds again.
+        """
+        B = self.B
+        key = (id(B), B.data_ptr(), B._version, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        views, k = self._views
+        if k != key:
+            if not self.synced:
+                self.sync_from_values()
+            views = B.unbind(0)
+            self._views = (views, key)
+        return views
 
     def slots(self) -> dict[int, list[int]]:
         """row -> member layers."""
@@ -100,8 +136,12 @@ class AsloraGroup(nn.Module):
 
     @torch.no_grad()
     def tie_rows(self) -> None:
-        if not self.compact and self.rows != list(range(self.L)):
-            self.B.data.copy_(self.B.data[self.slot_map])
+        """Copy each representative into its merged-away rows (nothing before the first merge)."""
+        if self._tie is not None:
+            dst, src = self._tie
+            if dst.device != self.B.device:
+                self._tie = dst, src = dst.to(self.B.device), src.to(self.B.device)
+            self.B.data.index_copy_(0, dst, self.B.data.index_select(0, src))
 
     def effective_param_savings(self) -> int:
         return 0 if self.compact else (self.L - self.n_slots()) * self.d_out * self.r
@@ -116,6 +156,25 @@ class AsloraContainer(nn.Module):
         self.A_global: nn.Parameter | None = None
         self.events: list[dict] = []
         self.cfg: dict = {}
+        self._slices: tuple[dict, object] = ({}, None)
+
+    def __getstate__(self):  # deepcopy/pickle: drop the cached slices (non-leaf tensors)
+        state = super().__getstate__()
+        state["_slices"] = ({}, None)
+        return state
+
+    def a_slice(self, d_in: int) -> torch.Tensor:
+        """A_global[:, :d_in], one view per width per (A tensor, version, grad mode)."""
+        A = self.A_global
+        key = (id(A), A.data_ptr(), A._version, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        cache, k = self._slices
+        if k != key:
+            cache = {}
+            self._slices = (cache, key)
+        v = cache.get(d_in)
+        if v is None:
+            v = cache[d_in] = A if d_in == A.shape[1] else A[:, :d_in]
+        return v
 
 
 class AsloraLayer(C.AdapterLayer):
@@ -137,20 +196,18 @@ class AsloraLayer(C.AdapterLayer):
 
     def A(self) -> torch.Tensor:
         g = self._group
-        return g.A if g.A is not None else self._container.A_global[:, : self.in_features]
+        return g.A if g.A is not None else self._container.a_slice(self.in_features)
 
     def Bmat(self) -> torch.Tensor:
         g = self._group
-        if not g.synced:
-            g.sync_from_values()
-        return g.B[g.rows[self.idx]]
+        return g.row_views()[g.rows[self.idx]]
 
     def adapter_dtype(self, name: str) -> torch.dtype:
         return self._group.B.dtype
 
     def adapter_out(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        z = F.linear(self.dropout[name](x), self.A())
-        return F.linear(z, self.Bmat()) * self.scaling[name]
+        z = F.linear(self.dropout[name](x), self.A()) * self.scaling[name]  # scale the rank-r activation
+        return F.linear(z, self.Bmat())
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a, b = self.A(), self.Bmat()

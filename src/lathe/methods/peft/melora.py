@@ -62,9 +62,10 @@ class MeloraLayer(C.AdapterLayer):
         a, b, n = self.melora_A[name], self.melora_B[name], self.n[name]
         lead = x.shape[:-1]
         xs = self.dropout[name](x).reshape(*lead, n, self.in_features // n)
-        z = torch.einsum("...ni,nri->...nr", xs, a)
+        # the scale goes on the small (…, n, r) activation, not the d_out-wide output
+        z = torch.einsum("...ni,nri->...nr", xs, a) * self.scaling[name]
         y = torch.einsum("...nr,nor->...no", z, b)
-        return y.reshape(*lead, self.out_features) * self.scaling[name]
+        return y.reshape(*lead, self.out_features)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a, b = self.melora_A[name], self.melora_B[name]
