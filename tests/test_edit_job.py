@@ -1,4 +1,7 @@
-"""The `edit` and `edit_stats` jobs end to end on embedded Ray (knowledge SFT kept tiny)."""
+"""The `edit` and `edit_stats` jobs end to end on embedded Ray.
+
+Fast tests edit a saved tiny model (`model.path`, no knowledge SFT); the slow ones go through the
+preset path (the model first learns the synthetic graph by a tiny SFT, cached per session)."""
 
 from __future__ import annotations
 
@@ -25,9 +28,23 @@ OPTS = {"rome": {"layer": 1, "v_num_grad_steps": 3, "cov_ridge": 1e-3, "context_
                       "context_template_length_params": [[3, 1]]}}
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Llama + tokenizer trained on the synthetic graph's text (untrained weights)."""
+    from lathe.data import evoke
+    from lathe.platform.zoo import build_tiny, save_pretrained, train_tokenizer
+
+    _, _, kg = evoke.evoke_synthetic(0, BASE["data"]["n_main"], BASE["data"]["n_subj"], BASE["data"]["n_relations"])
+    tok = train_tokenizer([p + " " + a for p, a in evoke.knowledge_corpus(kg, icl_rows=10, distract_rows=10,
+                                                                       filler_rows=10)], vocab_size=256)
+    model = build_tiny("tiny-1m", vocab_size=len(tok), seed=0)
+    return str(save_pretrained(model, tok, tmp_path_factory.mktemp("edit-model")))
+
+
 def _run(tmp_path, editor, **extra):
     data = {"job": "edit", "name": f"t-{editor}", "editor": editor, "options": OPTS[editor],
-            "cache_dir": str(tmp_path.parent / "edit-cache"), "output_root": str(tmp_path), **BASE, **extra}
+            "cache_dir": str(tmp_path.parent / "edit-cache"), "output_root": str(tmp_path), **BASE,
+            "protocol": {"generation_log": 1}, **extra}
     cfg = validate(data, "test")
     run = RunDir.create(cfg)
     return run, lookup("job", "edit")().run(cfg, run, show_progress=False)
@@ -45,10 +62,21 @@ def _check(run, res, n):
     assert (run.path / "report.md").is_file() and (run.path / "plots" / "eos_vs_efficacy.png").is_file()
 
 
-def test_edit_job_rome_single(ray_local, tmp_path):
+def test_edit_job_rome_single_on_model_path(ray_local, tmp_path, tiny_dir):
+    """5 records (4 main + 1 subj) through a pool of 2 edit actors; restore checked in the workers."""
+    run, res = _run(tmp_path, "rome", model={"path": tiny_dir},
+                    data={**BASE["data"], "n_main": 4})
+    _check(run, res, 5)
+    assert "efficacy" in res["summary"]["post"] and "subject_specificity.EOS" in res["summary"]["post"]
+    assert res["knowledge"]["cached"] is None and res["workers"] == 2
+    assert {r["set"] for r in map(lambda p: json.loads(p.read_text()), (run.path / "cases").glob("*.json"))} \
+        == {"main", "subj"}
+
+
+@pytest.mark.slow
+def test_edit_job_rome_single_learns_graph_first(ray_local, tmp_path):
     run, res = _run(tmp_path, "rome")
     _check(run, res, 4)
-    assert "efficacy" in res["summary"]["post"] and "subject_specificity.EOS" in res["summary"]["post"]
     assert res["knowledge"]["cached"] in (True, False)
 
 
@@ -67,15 +95,22 @@ def test_edit_job_batch_and_sequential(ray_local, tmp_path):
     _check(run, res, 4)
 
 
-def test_edit_stats_job(ray_local, tmp_path):
-    data = {"job": "edit_stats", "name": "t-stats", "layers": [1], "cache_dir": str(tmp_path.parent / "edit-cache"),
+def test_edit_stats_job(ray_local, tmp_path, tiny_dir):
+    data = {"job": "edit_stats", "name": "t-stats", "layers": [1], "cache_dir": str(tmp_path / "edit-cache"),
             "output_root": str(tmp_path), "cov_ridge": 1e-3,
-            **{k: v for k, v in BASE.items() if k != "ray"}}
+            **{k: v for k, v in BASE.items() if k != "ray"}, "model": {"path": tiny_dir}}
     cfg = validate(data, "test")
     run = RunDir.create(cfg)
     res = lookup("job", "edit_stats")().run(cfg, run, show_progress=False)
     assert res["layers"]["1"]["min_eig"] >= -1e-6 and res["layers"]["1"]["dim"] == 344
     assert (run.artifacts / "mom2_layer1.safetensors").is_file()
+    cached = list((tmp_path / "edit-cache" / "stats").glob("*-l1-*.safetensors"))
+    assert len(cached) == 1
+    # a second run reads the cache: same file, same statistics
+    run2 = RunDir.create(cfg)
+    res2 = lookup("job", "edit_stats")().run(cfg, run2, show_progress=False)
+    assert res2["layers"] == res["layers"]
+    assert list((tmp_path / "edit-cache" / "stats").glob("*-l1-*.safetensors")) == cached
 
 
 def test_edit_config_errors(tmp_path):

@@ -78,6 +78,21 @@ def test_memit_solve_identity_and_single_edit_like_rome(world):
     assert nll_memit < nll0 and nll_rome < nll0
 
 
+def test_memit_batch_moves_every_target(world):
+    """One MEMIT update for six requests lowers the target NLL of (nearly) every request. On this
+    random-weight model one of the six does not move (7.0 -> 7.05), so "every edit succeeds" is not
+    asserted here; see docs/editing.md for the graph-trained numbers."""
+    model, tok, main, _, _, stats = world
+    reqs = [evoke.EditRequest.from_record(r) for r in main[:6]]
+    before = [target_nll(model, tok, r) for r in reqs]
+    mod, cfg = editor_config("memit", {**FAST, "layers": [1, 2], "mom2_update_weight": 10.0,
+                                       "v_num_grad_steps": 15})
+    res = mod.apply(model, tok, reqs, cfg, stats)
+    after = [target_nll(model, tok, r) for r in reqs]
+    restore(model, res.originals)
+    assert sum(after) < sum(before) and sum(a < b for a, b in zip(after, before)) >= 5, (before, after)
+
+
 def test_ft_l_respects_norm_bound(world):
     model, tok, main, _, _, _ = world
     reqs = [evoke.EditRequest.from_record(r) for r in main[:2]]
@@ -254,3 +269,42 @@ def test_unknown_architecture_needs_templates():
         C.Resolver.of(m)
     r = C.Resolver.of(m, C.ModuleTemplates(layers="x{}", rewrite="y{}", final_norm="n", lm_head="h"))
     assert r.rewrite_name(3) == "y3"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="the graph-trained tiny-1m reads the subject with block 0's attention from "
+                   "the raw embeddings; a rank-one change after block 0 moves the target only a little "
+                   "(ROME efficacy 33% on configs/edit/rome.yaml; docs/editing.md, Benchmarks)")
+def test_rome_makes_target_top_token_on_graph_trained_model():
+    """On the tiny model that learned the synthetic graph (configs/edit/rome.yaml's cached SFT model;
+    trained on first use), ROME makes the edited target the greedy continuation of the prompt."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from evoke_lti import knowledge_setup, stats_for
+
+    from lathe.jobs import edit as E
+    from lathe.jobs.sft import load_artifact
+
+    cfg, model_dir, main, _, kg = knowledge_setup("rome")
+    model, tok = load_artifact(model_dir)
+    model.eval()
+    mod, rcfg = editor_config("rome", cfg.options)
+    stats = stats_for(cfg, model_dir, kg, E._layers("rome", cfg.options, Path(model_dir)))
+
+    def greedy(text, n):
+        ids = tok(text)["input_ids"]
+        with torch.no_grad():
+            for _ in range(n):
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        return ids[-n:]
+
+    for rec in main[:4]:
+        req = evoke.EditRequest.from_record(rec)
+        target = C.continuation_ids(tok, req.text, req.target_new)
+        assert greedy(req.text, len(target)) != target
+        res = mod.apply(model, tok, [req], rcfg, stats)
+        got = greedy(req.text, len(target))
+        restore(model, res.originals)
+        assert got == target, (req.text, req.target_new, tok.decode(got))

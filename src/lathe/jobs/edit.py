@@ -62,6 +62,8 @@ class Protocol(Strict):
     eval_every: int | None = Field(None, ge=1, description="sequential: also evaluate every k edits")
     check_restore: int = Field(3, ge=0, description="assert bitwise restore on the first k cases")
     generation_log: int = Field(2, ge=0, description="greedy multi-hop generations logged (100 tokens)")
+    baseline: bool = Field(False, description="*_lti editors: also run the base editor (same options without "
+                                              "'lti') on the same cases, for the with/without-LTI table and plot")
 
 
 class EditConfig(JobConfig):
@@ -84,6 +86,8 @@ class EditStatsConfig(JobConfig):
     stats: StatsConfig = StatsConfig()
     cache_dir: str = "runs/cache"
     cov_ridge: float = 0.0
+    modules: dict[str, str] = Field(default_factory=dict, description="module templates (as options.modules of "
+                                                                      "an editor) for architectures without defaults")
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,6 +307,33 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def _run_protocol(cfg: EditConfig, editor: str, options: dict, model_dir: Path, stats_ref,
+                  recs: list[tuple[str, dict]]) -> tuple[list[dict], list[dict]]:
+    """(per-case rows, sequential curve) for one editor over a pool of Ray edit actors."""
+    import ray
+
+    Worker = ray.remote(num_cpus=cfg.ray.cpus_per_worker)(EditWorker)
+    p = cfg.protocol
+    if p.mode == "sequential":  # one model accumulates every edit: one actor
+        w = Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed)
+        seq = ray.get(w.run_sequential.remote(recs, p.eval_every))
+        ray.kill(w)
+        return seq["rows"], seq["curve"]
+    bs = p.batch_size if p.mode == "batch" else 1
+    batches = [recs[i:i + bs] for i in range(0, len(recs), bs)]
+    n_w = min(cfg.ray.num_workers, len(batches))
+    workers = [Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed)
+               for _ in range(n_w)]
+    shards = [batches[i::n_w] for i in range(n_w)]
+    futs = [w.run_batches.remote(s, p.check_restore, p.generation_log if i == 0 else 0)
+            for i, (w, s) in enumerate(zip(workers, shards))]
+    rows = [r for part in ray.get(futs) for r in part]
+    for w in workers:
+        ray.kill(w)
+    rows.sort(key=lambda r: (r["set"], r["case_id"]))
+    return rows, []
+
+
 @register("job", "edit")
 class EditJob(Job):
     Config = EditConfig
@@ -313,8 +344,10 @@ class EditJob(Job):
         from lathe.methods.editing import editor_config
 
         editor_config(cfg.editor, cfg.options, "options")  # clear config errors before any work
-        if cfg.protocol.mode == "batch" and cfg.editor.startswith("rome") and cfg.protocol.batch_size > 1:
-            pass  # ROME applies rank-one updates one after another inside a batch
+        base = cfg.editor[:-len("_lti")] if cfg.protocol.baseline and cfg.editor.endswith("_lti") else None
+        base_opts = {k: v for k, v in cfg.options.items() if k != "lti"}
+        if base:
+            editor_config(base, base_opts, "options (baseline without LTI)")
         main, subj, kg = load_data(cfg.data, cfg.seed)
         reporter = Reporter(run, desc="edit[knowledge sft]", show=show_progress, forward=forward)
         t0 = time.perf_counter()
@@ -332,26 +365,10 @@ class EditJob(Job):
                                          cfg.cache_dir, modules, cfg.seed)
         t_stats = time.perf_counter() - t1
         recs = [("main", r) for r in main] + [("subj", r) for r in subj]
-        Worker = ray.remote(num_cpus=cfg.ray.cpus_per_worker)(EditWorker)
         stats_ref = ray.put(stats)
         t2 = time.perf_counter()
-        curve: list = []
-        if cfg.protocol.mode == "sequential":
-            w = Worker.remote(str(model_dir), cfg.editor, cfg.options, stats_ref, cfg.threads_per_worker, cfg.seed)
-            seq = ray.get(w.run_sequential.remote(recs, cfg.protocol.eval_every))
-            rows, curve = seq["rows"], seq["curve"]
-        else:
-            bs = cfg.protocol.batch_size if cfg.protocol.mode == "batch" else 1
-            batches = [recs[i:i + bs] for i in range(0, len(recs), bs)]
-            n_w = min(cfg.ray.num_workers, len(batches))
-            workers = [Worker.remote(str(model_dir), cfg.editor, cfg.options, stats_ref, cfg.threads_per_worker,
-                                     cfg.seed) for _ in range(n_w)]
-            shards = [batches[i::n_w] for i in range(n_w)]
-            futs = [w.run_batches.remote(s, cfg.protocol.check_restore, cfg.protocol.generation_log if i == 0 else 0)
-                    for i, (w, s) in enumerate(zip(workers, shards))]
-            rows = [r for part in ray.get(futs) for r in part]
+        rows, curve = _run_protocol(cfg, cfg.editor, cfg.options, model_dir, stats_ref, recs)
         t_edit = time.perf_counter() - t2
-        rows.sort(key=lambda r: (r["set"], r["case_id"]))
         cases = run.path / "cases"
         cases.mkdir(exist_ok=True)
         for r in rows:
@@ -363,8 +380,35 @@ class EditJob(Job):
                    "mean_edit_s": sum(r["edit_s"] for r in rows) / max(1, n_edits), "curve": curve,
                    "workers": cfg.ray.num_workers,
                    "generations": {r["case_id"]: r["multi_hop_generation"] for r in rows if "multi_hop_generation" in r}}
+        if base:
+            brows, bcurve = _run_protocol(cfg, base, base_opts, model_dir, stats_ref, recs)
+            (cases / base).mkdir(exist_ok=True)
+            for r in brows:
+                (cases / base / f"{r['set']}-{r['case_id']}.json").write_text(json.dumps(r, indent=1))
+            results["baseline"] = {"editor": base, "summary": summarize(brows), "curve": bcurve,
+                                   "mean_edit_s": sum(r["edit_s"] for r in brows) / max(1, len(brows))}
         write_report(run, cfg, results)
         return results
+
+
+def task_table(columns: dict[str, dict]) -> str:
+    """Recall vs overfit tasks as rows, one column per (label -> summary dict)."""
+    from lathe.eval.evoke import OVERFIT, RECALL
+    from lathe.platform.runstore import markdown_table
+
+    spec = [("recall", t, "success") for t in RECALL]
+    for t in OVERFIT:
+        spec += [("overfit", t, m) for m in (("EOS", "AMS", "CAP", "DP", "OAP") if t == "multi_hop"
+                                             else ("EOS", "CAP", "DP"))]
+    spec.append(("overfit", "mean of the four", "EOS"))
+    rows = []
+    for kind, t, m in spec:
+        key = t if kind == "recall" else ("overfit_EOS_mean" if t.startswith("mean") else f"{t}.{m}")
+        row = {"group": kind, "task": t, "metric": m}
+        for label, s in columns.items():
+            row[label] = s.get(key, float("nan"))
+        rows.append(row)
+    return markdown_table(rows, digits=3)
 
 
 def table_rows(summary: dict, label: str) -> list[dict]:
@@ -410,17 +454,30 @@ def eos_efficacy_plot(path: Path, points: dict[str, tuple[float, float]], title:
 
 def write_report(run: RunDir, cfg: EditConfig, results: dict) -> None:
     s = results["summary"]
-    plot = eos_efficacy_plot(run.path / "plots" / "eos_vs_efficacy.png",
-                             {"unedited": (s["pre"].get("efficacy", 0), s["pre"]["overfit_EOS_mean"]),
-                              cfg.editor: (s["post"].get("efficacy", 0), s["post"]["overfit_EOS_mean"])},
-                             f"{cfg.name}: EOS vs efficacy")
+    points = {"unedited": (s["pre"].get("efficacy", 0), s["pre"]["overfit_EOS_mean"])}
+    columns = {"unedited": s["pre"]}
+    b = results.get("baseline")
+    if b:
+        points[b["editor"]] = (b["summary"]["post"].get("efficacy", 0), b["summary"]["post"]["overfit_EOS_mean"])
+        columns[b["editor"]] = b["summary"]["post"]
+    points[cfg.editor] = (s["post"].get("efficacy", 0), s["post"]["overfit_EOS_mean"])
+    columns[cfg.editor] = s["post"]
+    title = f"{cfg.name}: EOS vs efficacy" + (", with and without LTI" if b else "")
+    plot = eos_efficacy_plot(run.path / "plots" / "eos_vs_efficacy.png", points, title)
     run.write_results(results)
     info = markdown_table([{k: results[k] for k in ("editor", "mode", "cases", "layers", "sft_s", "stats_s",
                                                      "edit_eval_s", "mean_edit_s")}])
     gens = "\n".join(f"- case {k}: `{v!r}`" for k, v in results["generations"].items()) or "(none)"
-    run.write_report(f"edit: {cfg.name}", [("Run", info),
-                                           ("Recall vs overfit tasks (x100)", markdown_table(table_rows(s, cfg.editor), digits=3)),
-                                           ("Greedy multi-hop generations (post-edit)", gens)], [plot])
+    sections = [("Run", info),
+                ("Recall vs overfit tasks (x100; recall: P(o*) > P(o); EOS: the right answer beats o*)",
+                 task_table(columns))]
+    if results["curve"]:
+        sections.append(("Sequential editing: metrics after k edits (on the first k records)",
+                         markdown_table([{"edits": c["edits"], "efficacy": c.get("efficacy", float("nan")),
+                                          "paraphrase": c.get("paraphrase", float("nan"))} for c in results["curve"]],
+                                        digits=3)))
+    sections.append(("Greedy multi-hop generations (post-edit)", gens))
+    run.write_report(f"edit: {cfg.name}", sections, [plot])
 
 
 @register("job", "edit_stats")
@@ -436,7 +493,8 @@ class EditStatsJob(Job):
         model_dir, kinfo = knowledge_model(cfg, kg, main, None)
         t0 = time.perf_counter()
         texts = stats_texts(cfg, kg)
-        stats = compute_stats_remote(model_dir, cfg.layers, texts, cfg.stats.n_samples, cfg.cache_dir, {}, cfg.seed)
+        stats = compute_stats_remote(model_dir, cfg.layers, texts, cfg.stats.n_samples, cfg.cache_dir, cfg.modules,
+                                     cfg.seed)
         out = {}
         for layer, c in stats.items():
             c = with_ridge(c.double(), cfg.cov_ridge)
