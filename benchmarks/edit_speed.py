@@ -46,23 +46,25 @@ def main() -> None:
     stats = stats_for(cfg, model_dir, kg, sorted(set(mcfg.layers)))
     templates = context_templates(model, tok, mcfg.context_template_length_params, mcfg.template_seed)
     res = {}
+    out = ROOT / "runs" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def record(key, n, secs):  # print and save as each measurement lands (the full run is long)
+        res[key] = {"edits": n, "s": secs, "edits_per_s": n / secs}
+        print(f"{key:18s} {n:5d} edits {secs:8.2f}s {n / secs:7.2f} edits/s", flush=True)
+        (out / "edit_speed.json").write_text(json.dumps({"quick": args.quick, "v_num_grad_steps": steps,
+                                                         "results": res}, indent=1))
+
     n_rome = sizes[-2] if len(sizes) > 2 else sizes[-1]
     t = time.perf_counter()
     r = rmod.apply(model, tok, reqs[:n_rome], rcfg, stats, templates)  # sequential rank-one updates
-    res["rome_sequential"] = {"edits": n_rome, "s": time.perf_counter() - t}
+    record("rome_sequential", n_rome, time.perf_counter() - t)
     restore(model, r.originals)
     for b in sizes:
         t = time.perf_counter()
         r = mmod.apply(model, tok, reqs[:b], mcfg, stats, templates)
-        res[f"memit_batch_{b}"] = {"edits": b, "s": time.perf_counter() - t}
+        record(f"memit_batch_{b}", b, time.perf_counter() - t)
         restore(model, r.originals)
-    for k, v in res.items():
-        v["edits_per_s"] = v["edits"] / v["s"]
-        print(f"{k:18s} {v['edits']:5d} edits {v['s']:7.2f}s {v['edits_per_s']:7.2f} edits/s", flush=True)
-    out = ROOT / "runs" / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "edit_speed.json").write_text(json.dumps({"quick": args.quick, "v_num_grad_steps": steps, "results": res},
-                                                    indent=1))
     big = res[f"memit_batch_{sizes[-1]}"]["edits_per_s"]
     rome = res["rome_sequential"]["edits_per_s"]
     print(f"MEMIT batch {sizes[-1]}: {big:.2f} edits/s vs sequential ROME {rome:.2f} edits/s (x{big / rome:.2f})")
