@@ -1,7 +1,8 @@
 """PEFT quality at equal training budget: LoRA r=8 vs MELoRA (8 minis of rank 1) vs ASLoRA.
 
   python benchmarks/peft_quality.py --quick    # < 60 s on 2 cores (few steps: a smoke-level comparison)
-  python benchmarks/peft_quality.py            # longer runs, 2 seeds
+  python benchmarks/peft_quality.py --mid      # 200 causal / 80 encoder steps, 2 seeds (~5 min CPU)
+  python benchmarks/peft_quality.py            # 400 / 150 steps, 2 seeds
 
 Tasks (offline, seeded):
   (a) causal LM, tiny-1m Llama: synthetic instructions over word lists ("reverse: ...", "sort: ...",
@@ -62,18 +63,29 @@ def effective_params(model) -> int:
     return P.trainable_report(model)["effective_trainable"]
 
 
-def run_causal(method: str, opts: dict, steps: int, seed: int, lr: float) -> dict:
+def causal_data(seed: int, cache: dict) -> tuple:
+    """Tokenizer and encoded train/test rows for a seed (shared by every method)."""
     from lathe.methods import sft as sft_lib
-    from lathe.platform.zoo import build_tiny, train_tokenizer
+    from lathe.platform.zoo import train_tokenizer
 
-    train, test = instr_rows(2000, seed), instr_rows(200, seed + 999)
-    tok = train_tokenizer([r["question"] + " " + r["answer"] for r in train], vocab_size=256)
+    if seed not in cache:
+        train, test = instr_rows(2000, seed), instr_rows(200, seed + 999)
+        tok = train_tokenizer([r["question"] + " " + r["answer"] for r in train], vocab_size=256)
+        cache[seed] = (tok, [sft_lib.encode_qa(tok, r["question"], r["answer"], 48) for r in train],
+                       [sft_lib.encode_qa(tok, r["question"], r["answer"], 48) for r in test])
+    return cache[seed]
+
+
+def run_causal(method: str, opts: dict, steps: int, seed: int, lr: float, data_cache: dict) -> dict:
+    from lathe.methods import sft as sft_lib
+    from lathe.platform.zoo import build_tiny
+
+    tok, enc, te = causal_data(seed, data_cache)
     base = build_tiny("tiny-1m", vocab_size=len(tok), seed=seed)
     torch.manual_seed(seed)
     model = P.get(method).apply(base, {**opts, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                   "gate_proj", "up_proj", "down_proj"]})
     collate = sft_lib.pad_collate(tok.pad_token_id)
-    enc = [sft_lib.encode_qa(tok, r["question"], r["answer"], 48) for r in train]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = random.Random(seed)
@@ -87,12 +99,11 @@ def run_causal(method: str, opts: dict, steps: int, seed: int, lr: float) -> dic
         if hook:
             hook(model, step, opt)
     model.eval()
-    te = [sft_lib.encode_qa(tok, r["question"], r["answer"], 48) for r in test]
     c = n = 0
     for i in range(0, len(te), 64):
         _, cc, nn_ = sft_lib.answer_accuracy(model, collate(te[i:i + 64]))
         c, n = c + cc, n + nn_
-    return {"acc": c / n, "params": effective_params(model), "final_loss": float(loss)}
+    return {"acc": c / n, "params": effective_params(model), "final_loss": float(loss.detach())}
 
 
 NEG, POS, NEU = ["bad", "awful", "bland", "rude", "slow"], ["good", "great", "tasty", "kind", "fast"], \
@@ -157,15 +168,20 @@ def run_encoder(method: str, opts: dict, steps: int, seed: int, lr: float, enc_c
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mid", action="store_true", help="half the full budget (200/80 steps, 2 seeds)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared machine)")
     ap.add_argument("--out", default="runs/bench/peft_quality.json")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     causal_steps, enc_steps, seeds = (20, 8, [0]) if args.quick else (400, 150, [0, 1])
+    if args.mid:
+        causal_steps, enc_steps = 200, 80
     t0 = time.time()
     out: dict = {"causal": {}, "encoder": {}, "steps": {"causal": causal_steps, "encoder": enc_steps}}
     cache: dict = {}
+    data_cache: dict = {}
     for label, (m, o) in methods(4, causal_steps).items():  # tiny-1m: 4 layers per module type
-        runs = [run_causal(m, o, causal_steps, s, lr=1e-2) for s in seeds]
+        runs = [run_causal(m, o, causal_steps, s, 1e-2, data_cache) for s in seeds]
         out["causal"][label] = {"acc": sum(r["acc"] for r in runs) / len(runs), "params": runs[0]["params"]}
         print(f"[causal] {label}: acc={out['causal'][label]['acc']:.3f} params={runs[0]['params']:,}", flush=True)
     for label, (m, o) in methods(6, enc_steps).items():  # MiniLM: 6 layers
@@ -181,13 +197,14 @@ def main() -> None:
     out["wall_s"] = time.time() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    c, e = out["causal"], out["encoder"]
-    print(f"peft_quality acc (causal/minilm): lora_r8={c['lora_r8']['acc']:.3f}/{e['lora_r8']['acc']:.3f} "
-          f"melora_8x1={c['melora_8x1']['acc']:.3f}/{e['melora_8x1']['acc']:.3f} "
-          f"({c['melora_8x1']['param_ratio_vs_lora']:.1%} params) "
-          f"aslora={c['aslora']['acc']:.3f}/{e['aslora']['acc']:.3f} "
-          f"({c['aslora']['param_ratio_vs_lora']:.1%}/{e['aslora']['param_ratio_vs_lora']:.1%} params)")
-
+    parts = []
+    for task, tag in (("causal", "causal"), ("encoder", "minilm")):
+        r = out[task]
+        parts.append(f"{tag}: lora_r8={r['lora_r8']['acc']:.3f} "
+                     + " ".join(f"{k}={r[k]['acc']:.3f} ({r[k]['acc_minus_lora']:+.3f} vs lora, "
+                                f"{r[k]['param_ratio_vs_lora']:.1%} params)" for k in ("melora_8x1", "aslora")))
+    print(f"peft_quality ({causal_steps}/{enc_steps} steps, {len(seeds)} seed(s), {out['wall_s']:.0f}s) "
+          + " | ".join(parts))
 
 if __name__ == "__main__":
     main()

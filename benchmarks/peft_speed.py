@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", default=None, help="model runs, e.g. tiny-20m:4x128,wide:4x128 (overrides the preset)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the MELoRA layer sweep")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU: process CPU time or wall time")
     ap.add_argument("--out", default="runs/bench/peft_speed.json")
@@ -210,6 +212,11 @@ def main() -> None:
     else:
         runs = [("tiny-20m", 2, 32), ("tiny-20m", 4, 128), ("tiny-20m", 8, 256), ("wide", 4, 128)]
         sweep = [(512, 64), (512, 512), (512, 4096), (1024, 64), (1024, 1024), (1024, 8192)]
+    if args.runs:
+        runs = [(k, int(bs.split("x")[0]), int(bs.split("x")[1])) for k, bs in
+                (item.split(":") for item in args.runs.split(","))]
+    if args.no_sweep:
+        sweep = sweep[:1]
     layer = []
     for d, tok in sweep:
         layer.append(bench_layer(d, tok, reps=10 if args.quick else 20, rounds=2 if args.quick else 3))
