@@ -1,0 +1,196 @@
+"""Load test of the ToolRetriever Ray Serve app: dense /search with and without dynamic batching.
+
+Starts embedded Ray bound to 127.0.0.1 (lathe.platform.runtime), deploys the retriever app of
+lathe.serve (one replica, dense MiniLM over the synthetic tool corpus, exact Flat index) on a free
+loopback port, and sends a bounded load: N POST /search requests (synthetic ToolRet queries, k=10)
+from 32 concurrent clients (httpx), first with `batching.enabled=false`, then with serve.batch
+(max_batch_size 32, wait 10 ms). Both runs use the same replica settings and the same saved index.
+
+    .venv/bin/python benchmarks/serve_load.py --quick    # 300 requests per setting, 120 tools (<60 s)
+    .venv/bin/python benchmarks/serve_load.py            # 2,000 requests per setting, 500 tools
+
+Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors; must be 0)
+and the mean batch the replica saw. Target: batched throughput >= 3x unbatched.
+Writes runs/bench/serve_load-<time>.json; the last line is the headline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from _common import parser, save  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=5)
+            if r.status_code == 200:
+                return r.json()
+            last = r.status_code
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s: {last}")
+
+
+async def load(url: str, bodies: list[dict], concurrency: int, timeout_s: float) -> dict:
+    """Send every body once with `concurrency` workers; bounded by len(bodies) and a per-request timeout."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    next_i = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_i
+        while next_i < len(bodies):
+            body = bodies[next_i]
+            next_i += 1
+            t = time.perf_counter()
+            try:
+                r = await client.post(url, json=body)
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+                    continue
+                r.json()
+            except (httpx.HTTPError, ValueError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"requests": len(bodies), "ok": len(latencies), "errors": len(errors), "error_samples": errors[:5],
+            "wall_s": wall, "rps": len(latencies) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean())}
+
+
+def encode_ceiling(texts: list[str], threads: int) -> dict:
+    """CPU time of the dense encoder alone: one query at a time vs one batch (what serve.batch can save)."""
+    import torch
+
+    from lathe.methods.retrieval.dense import DenseRetriever
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        r = DenseRetriever(batch_size=len(texts))
+        r.encode(texts)
+
+        def cpu(fn) -> float:
+            best = float("inf")
+            for _ in range(3):
+                t = time.process_time()
+                fn()
+                best = min(best, time.process_time() - t)
+            return best
+
+        single = cpu(lambda: [r.encode([t]) for t in texts]) / len(texts)
+        batch = cpu(lambda: r.encode(texts)) / len(texts)
+    finally:
+        torch.set_num_threads(prev)
+    return {"single_ms": single * 1000, "batch_ms": batch * 1000, "ratio": single / batch}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--requests", type=int, default=None, help="requests per setting (default 2000; --quick 300)")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tools", type=int, default=None, help="synthetic corpus size (default 500; --quick 120)")
+    p.add_argument("--instruct", action="store_true", help="send each query with its instruction")
+    p.add_argument("--replica-cpus", type=int, default=1, help="CPUs (= torch threads) of the replica")
+    args = p.parse_args()
+    n_req = args.requests or (300 if args.quick else 2000)
+    n_tools = args.tools or (120 if args.quick else 500)
+
+    from ray import serve
+
+    from lathe.data import toolret
+    from lathe.platform.runtime import ray_session
+    from lathe.serve.config import ServeConfig
+    from lathe.serve.deploy import deploy
+
+    qs = toolret.toolret_synthetic(1, n_tools, n_queries=256, n_train=0)["queries"]
+    bodies = []
+    for i in range(n_req):
+        q = qs[i % len(qs)]
+        bodies.append({"query": q["query"], "k": 10, "retriever": "dense",
+                       **({"instruction": q["instruction"]} if args.instruct else {})})
+    ceiling = encode_ceiling([b["query"] for b in bodies[:32]], args.replica_cpus)
+    print(f"encoder alone ({args.replica_cpus} thread(s)): 32 single encodes {ceiling['single_ms']:.1f} ms/query, "
+          f"one batch of 32 {ceiling['batch_ms']:.1f} ms/query -> batching can save at most {ceiling['ratio']:.2f}x "
+          f"of the encoder's time", flush=True)
+    port = free_port()
+    index_dir = Path(args.out) / "serve_load_index" / f"seed0-{n_tools}"
+    results: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    with ray_session():
+        try:
+            for batching in (False, True):
+                cfg = ServeConfig.model_validate({
+                    "job": "serve", "name": "bench-serve-load", "http": {"host": HOST, "port": port},
+                    "retriever": {"synthetic_tools": n_tools, "seed": 0, "index_dir": str(index_dir),
+                                  "retrievers": [{"kind": "dense", "label": "dense", "index": "flat"}],
+                                  "batching": {"enabled": batching, "max_batch_size": 32, "wait_timeout_s": 0.01},
+                                  "replicas": {"num_replicas": 1, "num_cpus": args.replica_cpus,
+                                               "max_ongoing_requests": 64}}})
+                base = deploy(cfg)["retriever"]
+                assert base.startswith(f"http://{HOST}:"), base  # loopback only
+                wait_ready(base + "/healthz", 300)
+                asyncio.run(load(base + "/search", bodies[: args.concurrency], args.concurrency, 60))  # warm-up
+                before = httpx.get(base + "/stats", timeout=10).json()
+                res = asyncio.run(load(base + "/search", bodies, args.concurrency, 60))
+                after = httpx.get(base + "/stats", timeout=10).json()
+                calls = after["batches"] - before["batches"]
+                res["mean_batch"] = ((after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"])
+                                     / calls) if calls else 1.0
+                results["batched" if batching else "unbatched"] = res
+                print(f"{'batched' if batching else 'unbatched':>10}: {res['rps']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
+                      f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  mean batch {res['mean_batch']:.1f}",
+                      flush=True)
+                serve.delete("retriever")
+        finally:
+            serve.shutdown()
+    ratio = results["batched"]["rps"] / results["unbatched"]["rps"]
+    errors = sum(r["errors"] for r in results.values())
+    out = {"requests_per_setting": n_req, "concurrency": args.concurrency, "tools": n_tools,
+           "mode": "instruct" if args.instruct else "query_only", "cpus": os.cpu_count(), "replica_cpus": args.replica_cpus,
+           "encoder_alone": ceiling, "results": results,
+           "throughput_ratio": ratio, "errors": errors, "wall_s": time.perf_counter() - t0}
+    path = save("serve_load", args.out, out)
+    print(f"json: {path}")
+    b, u = results["batched"], results["unbatched"]
+    print(f"serve_load: batching {ratio:.2f}x throughput ({b['rps']:.1f} vs {u['rps']:.1f} req/s; target >= 3x); "
+          f"p50/p99 {b['p50_ms']:.0f}/{b['p99_ms']:.0f} ms vs {u['p50_ms']:.0f}/{u['p99_ms']:.0f} ms; "
+          f"errors {errors}; {n_req} requests x 2 at concurrency {args.concurrency}; encoder-alone batching "
+          f"ceiling {ceiling['ratio']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
