@@ -3,7 +3,7 @@ left-padded batched greedy generation) against a naive loop that evaluates one s
 time (batch size 1 for every forward pass and every generation), on the same model and rows.
 
     .venv/bin/python benchmarks/tofu_eval_speed.py            # tiny-5m, 40 forget + 3×40 utility rows
-    .venv/bin/python benchmarks/tofu_eval_speed.py --quick    # tiny-1m, fewer rows (< 60 s on 2 cores)
+    .venv/bin/python benchmarks/tofu_eval_speed.py --quick    # tiny-1m, 20 rows per set, shorter generations (< 60 s on 2 cores)
 
 Prints a table and, last, the headline speed-up; writes runs/bench/tofu_eval_speed.json.
 """
@@ -34,9 +34,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="rows per evaluation set")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: steadiest on a shared CPU; both evaluators use the same)")
     args = ap.parse_args()
+    torch.set_num_threads(max(1, args.threads))
     preset = args.preset or ("tiny-1m" if args.quick else "tiny-5m")
-    n = args.rows or (8 if args.quick else 40)
+    n = args.rows or (20 if args.quick else 40)
     new_tokens = args.max_new_tokens or (12 if args.quick else 32)
     torch.manual_seed(0)
     ds = tofu_synthetic(seed=0, n_authors=20, qa_per_author=20, n_real_authors=n, n_world_facts=n)
@@ -65,7 +68,7 @@ def main() -> None:
     diff = max(abs(a["gt_loss"] - b["gt_loss"]) for k in res_b["sets"]
                for a, b in zip(res_b["sets"][k]["rows"], res_n["sets"][k]["rows"]))
     out = {"preset": preset, "device": device, "samples": samples, "nll_sequences": sequences,
-           "max_new_tokens": new_tokens, "batch_size": args.batch_size,
+           "max_new_tokens": new_tokens, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
            "batched_s": t_batched, "naive_s": t_naive,
            "batched_samples_per_s": samples / t_batched, "naive_samples_per_s": samples / t_naive,
            "speedup": t_naive / t_batched, "max_abs_loss_diff": diff, "quick": args.quick}
