@@ -162,7 +162,7 @@ def run_encoder(method: str, opts: dict, steps: int, seed: int, lr: float, enc_c
     with torch.no_grad():
         pred = torch.cat([head(embed([t for t, _ in test[i:i + 100]])).argmax(-1) for i in range(0, len(test), 100)])
     acc = float((pred == torch.tensor([y for _, y in test])).float().mean())
-    return {"acc": acc, "params": effective_params(model), "head_params": 384 * 3 + 3, "final_loss": float(loss)}
+    return {"acc": acc, "params": effective_params(model), "head_params": 384 * 3 + 3, "final_loss": float(loss.detach())}
 
 
 def main() -> None:
