@@ -145,7 +145,8 @@ def main() -> None:
             print(f"{k:>30}: {v:.4g}" if isinstance(v, float) else f"{k:>30}: {v}")
     print(f"json: {path}")
     print(f"retrieval_speed ({args.n}x{args.dim}, {nq} queries, {args.threads} threads): faiss Flat "
-          f"{res['flat_vs_numpy']:.2f}x numpy wall, {res['flat_vs_numpy_cpu']:.2f}x CPU time (top-10 identical {identical:.3f}; target >= 2x); HNSW "
+          f"{res['flat_vs_numpy']:.2f}x numpy wall, {res['flat_vs_numpy_cpu']:.2f}x CPU time "
+          f"(top-10 identical {identical:.3f}; target >= 2x); HNSW "
           f"efSearch={pick['ef_search']} {pick['vs_flat']:.1f}x Flat at recall@10 {pick['recall@10']:.3f} "
           f"(target >= 10x at >= 0.95)")
 

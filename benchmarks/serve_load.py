@@ -171,7 +171,8 @@ def main() -> None:
                 res["mean_batch"] = ((after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"])
                                      / calls) if calls else 1.0
                 results["batched" if batching else "unbatched"] = res
-                print(f"{'batched' if batching else 'unbatched':>10}: {res['rps']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
+                label = "batched" if batching else "unbatched"
+                print(f"{label:>10}: {res['rps']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
                       f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  mean batch {res['mean_batch']:.1f}",
                       flush=True)
                 serve.delete("retriever")
@@ -180,7 +181,8 @@ def main() -> None:
     ratio = results["batched"]["rps"] / results["unbatched"]["rps"]
     errors = sum(r["errors"] for r in results.values())
     out = {"requests_per_setting": n_req, "concurrency": args.concurrency, "tools": n_tools,
-           "mode": "instruct" if args.instruct else "query_only", "cpus": os.cpu_count(), "replica_cpus": args.replica_cpus,
+           "mode": "instruct" if args.instruct else "query_only", "cpus": os.cpu_count(),
+           "replica_cpus": args.replica_cpus,
            "encoder_alone": ceiling, "results": results,
            "throughput_ratio": ratio, "errors": errors, "wall_s": time.perf_counter() - t0}
     path = save("serve_load", args.out, out)

@@ -92,7 +92,8 @@ def main() -> None:
               f"(NDCG@10 {dn:+.2f}, C@10 {dc:+.2f})")
     wall = time.perf_counter() - t0
     result = {"scale": scale, "seed": args.seed, "tools": len(d.tools), "queries": len(d.queries),
-              "train_rows": s["n_train"], "train_steps": train_res["steps"], "train_first_loss": train_res["first_loss"],
+              "train_rows": s["n_train"], "train_steps": train_res["steps"],
+              "train_first_loss": train_res["first_loss"],
               "train_final_loss": train_res["final_loss"], "train_artifact": train_res["artifact"],
               "modes": {k: MODES[k] for k in eval_cfg.modes}, "scores": summary, "instruction_effect": helps,
               "eval_s": t_eval, "train_s": t_train, "wall_s": wall,
