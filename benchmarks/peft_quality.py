@@ -87,7 +87,8 @@ def run_causal(method: str, opts: dict, steps: int, seed: int, lr: float, data_c
                                                                   "gate_proj", "up_proj", "down_proj"]})
     collate = sft_lib.pad_collate(tok.pad_token_id)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = random.Random(seed)
     hook = getattr(P.get(method), "after_step", None)
     model.train()
@@ -162,7 +163,8 @@ def run_encoder(method: str, opts: dict, steps: int, seed: int, lr: float, enc_c
     with torch.no_grad():
         pred = torch.cat([head(embed([t for t, _ in test[i:i + 100]])).argmax(-1) for i in range(0, len(test), 100)])
     acc = float((pred == torch.tensor([y for _, y in test])).float().mean())
-    return {"acc": acc, "params": effective_params(model), "head_params": 384 * 3 + 3, "final_loss": float(loss.detach())}
+    return {"acc": acc, "params": effective_params(model), "head_params": 384 * 3 + 3,
+            "final_loss": float(loss.detach())}
 
 
 def main() -> None:
