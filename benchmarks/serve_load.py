@@ -6,7 +6,7 @@ loopback port, and sends a bounded load: N POST /search requests (synthetic Tool
 from 32 concurrent clients (httpx), first with `batching.enabled=false`, then with serve.batch
 (max_batch_size 32, wait 10 ms). Both runs use the same replica settings and the same saved index.
 
-    .venv/bin/python benchmarks/serve_load.py --quick    # 300 requests per setting, 120 tools (<60 s)
+    .venv/bin/python benchmarks/serve_load.py --quick    # 200 requests per setting, 120 tools (<60 s)
     .venv/bin/python benchmarks/serve_load.py            # 2,000 requests per setting, 500 tools
 
 Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors; must be 0)
@@ -120,13 +120,13 @@ def encode_ceiling(texts: list[str], threads: int) -> dict:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--requests", type=int, default=None, help="requests per setting (default 2000; --quick 300)")
+    p.add_argument("--requests", type=int, default=None, help="requests per setting (default 2000; --quick 200)")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--tools", type=int, default=None, help="synthetic corpus size (default 500; --quick 120)")
     p.add_argument("--instruct", action="store_true", help="send each query with its instruction")
     p.add_argument("--replica-cpus", type=int, default=1, help="CPUs (= torch threads) of the replica")
     args = p.parse_args()
-    n_req = args.requests or (300 if args.quick else 2000)
+    n_req = args.requests or (200 if args.quick else 2000)
     n_tools = args.tools or (120 if args.quick else 500)
 
     from ray import serve

@@ -8,7 +8,7 @@ Checks that θ_ini really memorised the forget set (forget ROUGE-L recall ≥ 0.
 the paper's claim holds here: some α > 0 gives higher FQ than α = 0 with MU within 5%.
 
     .venv/bin/python benchmarks/tofu_uipe.py           # 20 authors × 10 QA (forget10 = 20 rows)
-    .venv/bin/python benchmarks/tofu_uipe.py --quick   # 10 authors × 6 QA, 1 unlearning epoch
+    .venv/bin/python benchmarks/tofu_uipe.py --quick   # 10 authors × 6 QA, 2 unlearning epochs (~70 s on 2 cores)
     .venv/bin/python benchmarks/tofu_uipe.py --full-scale   # 200 authors × 20 QA, tiny-20m (GPU)
 
 θ_ini/θ_ret are cached: the first run of a scale also fine-tunes them (minutes on 2 cores);
