@@ -9,7 +9,7 @@ and instruction-aware ("w/ inst."), all searched against the full multi-category
 The retrievers are the ones of configs/retrieval/toolret_eval.yaml and the fine-tuning recipe is
 configs/retrieval/retriever_train.yaml (sizes overridden below); scoring is `lathe.jobs.retrieval`'s.
 
-    .venv/bin/python benchmarks/toolret_quality.py --quick   # 120 tools, 48 queries, 6 fine-tuning steps (<60 s)
+    .venv/bin/python benchmarks/toolret_quality.py --quick   # 100 tools, 40 queries, 5 fine-tuning steps (<60 s)
     .venv/bin/python benchmarks/toolret_quality.py           # 600 tools, 150 queries, 30 steps (batch 8) on 400 rows
 
 Training queries are disjoint from the evaluation queries but target the same tool corpus (in-domain).
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from _common import parser, save  # noqa: E402
 
 SIZES = {  # data sizes, fine-tuning steps / batch / group size / max tokens
-    "quick": {"n_tools": 120, "n_queries": 48, "n_train": 96, "steps": 6, "batch": 4, "group": 4, "max_length": 64},
+    "quick": {"n_tools": 100, "n_queries": 40, "n_train": 64, "steps": 5, "batch": 4, "group": 4, "max_length": 64},
     "full": {"n_tools": 600, "n_queries": 150, "n_train": 400, "steps": 30, "batch": 8, "group": 4, "max_length": 128},
 }
 
