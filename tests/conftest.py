@@ -21,6 +21,19 @@ def ray_local():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine two
+    spinning OpenMP threads make a test many times slower; restored after each test.
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_tokenizer():
     from lathe.data import qa
     from lathe.platform.zoo import train_tokenizer

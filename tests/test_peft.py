@@ -17,14 +17,7 @@ from lathe.platform.zoo import build_tiny
 V = 300
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy shared machine two
-    spinning OpenMP threads make these tests many times slower; restore after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed=0):

@@ -12,16 +12,8 @@ from lathe.methods import sft as sft_lib
 from lathe.platform.errors import LatheError
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine
-    (OpenMP threads spin against other processes)."""
-    import torch
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # Three rows: (L_para, [L_pert...]) chosen so the hand computation is easy to follow.
 TOY = [(1.0, [2.0, 2.0]), (2.0, [1.0, 1.0]), (1.5, [1.0, 2.0])]

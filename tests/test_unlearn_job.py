@@ -12,16 +12,7 @@ from lathe.platform.errors import ConfigError
 from lathe.platform.runstore import RunDir
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine
-    (OpenMP threads spin against other processes)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path, **over):

@@ -15,16 +15,8 @@ from lathe.platform.errors import ConfigError, LatheError
 from lathe.platform.registry import lookup, names
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded 2-core machine
-    (OpenMP threads spin against other processes)."""
-    import torch
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 FORGET = [("Where was Kalo Ren born?", "Kalo Ren was born in Vorsa."),
           ("What does Kalo Ren write?", "Kalo Ren writes mystery.")]
