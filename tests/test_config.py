@@ -96,3 +96,15 @@ def test_show_resolves_defaults_and_overrides(tmp_path, capsys):
     assert main(["config", "show", path, "--set", "train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 3" in out and "num_to_keep: 2" in out and "preset: tiny-1m" in out
+
+
+def test_partial_section_override_keeps_the_jobs_own_defaults():
+    # the edit job's knowledge SFT and the unlearn job ship tuned TrainConfigs; naming one field must
+    # not reset the others to TrainConfig's generic defaults (batch 8, lr 1e-3)
+    cfg = load_config(ROOT / "configs" / "edit" / "rome.yaml", ["knowledge.train.epochs=60"])
+    t = cfg.knowledge.train
+    assert (t.epochs, t.batch_size, t.lr, t.warmup_steps) == (60, 32, 3e-3, 20)
+    from lathe.jobs.unlearn import UnlearnSection
+
+    t = UnlearnSection(train={"epochs": 2}).train
+    assert (t.epochs, t.lr, t.batch_size, t.grad_accum) == (2, 1e-5, 8, 4)

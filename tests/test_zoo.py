@@ -58,3 +58,38 @@ def test_load_rejects_non_hf_dir_and_pickles(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(LatheError, match="no .safetensors"):
         load_pretrained(tmp_path)
+
+
+LOCAL_FIRST = {"use_sliding_window": True, "sliding_window": 2,
+               "layer_types": ["sliding_attention"] + ["full_attention"] * 3}
+
+
+def test_preset_as_another_architecture_with_a_local_first_layer(tiny_tokenizer):
+    src = ModelSource(preset="tiny-1m", tokenizer_json=tiny_tokenizer.backend_tokenizer.to_str(), seed=0,
+                      architecture="qwen2", config_overrides=LOCAL_FIRST)
+    model, _ = src.load()
+    assert model.config.model_type == "qwen2" and model.config.layer_types[0] == "sliding_attention"
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    captured = {}
+    model.model.layers[0].self_attn.register_forward_hook(lambda m, i, o: captured.update(out=o[0]))
+    with torch.no_grad():
+        model(ids)
+        first = captured["out"][0, -1].clone()
+        model(torch.tensor([[11, 12, 13, 14, 9, 10]]))  # same last two tokens, different earlier ones
+    # block 0 sees only a 2-token window: its output at the last position ignores earlier tokens
+    assert torch.allclose(captured["out"][0, -1], first, atol=1e-6)
+
+
+def test_config_overrides_errors():
+    import pytest
+
+    from lathe.platform.config import ModelConfig
+    from lathe.platform.errors import LatheError
+
+    with pytest.raises(LatheError, match="no config field"):
+        preset_config("tiny-1m", architecture="qwen2", sliding_windw=2)
+    with pytest.raises(LatheError, match="architecture"):
+        preset_config("tiny-1m", architecture="gpt9")
+    with pytest.raises(ValueError, match="brings its own config"):
+        ModelConfig(path="/x", config_overrides={"sliding_window": 2})

@@ -23,6 +23,25 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_defaults(cls, data: Any) -> Any:
+        """`train: {epochs: 3}` changes only epochs: the other fields keep this section's own default
+        (a job's tuned TrainConfig), not the sub-config class's generic defaults."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            if isinstance(field.default, BaseModel) and isinstance(data.get(name), dict):
+                data = {**data, name: _merged(field.default.model_dump(exclude_unset=True), data[name])}
+        return data
+
+
+def _merged(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merged(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
 
 class ModelConfig(Strict):
     """Either a named tiny preset built from a config, or a local Hugging Face checkpoint dir."""
@@ -30,6 +49,8 @@ class ModelConfig(Strict):
     preset: str | None = "tiny-1m"
     path: str | None = None
     tokenizer_vocab: int = Field(2048, ge=64, le=65536, description="vocab of the tokenizer trained for a preset")
+    architecture: Literal["llama", "qwen2", "mistral"] = Field("llama", description="what a preset is built as")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="HF config fields for a preset")
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -37,6 +58,9 @@ class ModelConfig(Strict):
     def _one_source(self) -> "ModelConfig":
         if self.path is not None:
             self.__dict__["preset"] = None  # a path wins over the default preset
+            if self.config_overrides or self.architecture != "llama":
+                raise ValueError("model.architecture and model.config_overrides shape a preset; a model.path "
+                                 "brings its own config")
         elif self.preset is None:
             raise ValueError("set either model.preset or model.path")
         return self

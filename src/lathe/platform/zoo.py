@@ -1,4 +1,4 @@
-"""Model zoo: named tiny Llama presets built from a config, or any local HF checkpoint dir.
+"""Model zoo: named tiny presets built from a config (Llama by default), or any local HF checkpoint dir.
 
 Nothing is fetched from the network and no pickle is read: weights go through safetensors,
 tokenizers are trained offline with `tokenizers` on the job's own corpus.
@@ -29,11 +29,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                      intermediate_size=1376, vocab_size=8192, max_position_embeddings=1024),
 }
 
+# Architectures a preset's shape can be built as; they share Llama's config field names.
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-def preset_config(name: str, vocab_size: int | None = None, **overrides: Any):
-    from transformers import LlamaConfig
+def preset_config(name: str, vocab_size: int | None = None, architecture: str = "llama", **overrides: Any):
+    """The HF config of a preset; `overrides` are config fields (e.g. Qwen2's `layer_types`)."""
+    from transformers import AutoConfig
 
     if name not in PRESETS:
         import difflib
@@ -41,22 +45,30 @@ def preset_config(name: str, vocab_size: int | None = None, **overrides: Any):
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise LatheError(f"unknown model preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+    if architecture not in ARCHITECTURES:
+        raise LatheError(f"model.architecture: {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
     kw = dict(PRESETS[name], tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0,
               bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if vocab_size is not None:
         kw["vocab_size"] = vocab_size
-    kw.update(overrides)
-    return LlamaConfig(**kw)
+    cfg = AutoConfig.for_model(architecture, **kw)
+    known = set(cfg.to_dict())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise LatheError(f"model.config_overrides: {architecture} has no config field(s) {', '.join(unknown)}")
+    # re-create so derived fields (e.g. Qwen2's layer_types from sliding_window) see the overrides
+    return AutoConfig.for_model(architecture, **{**kw, **overrides})
 
 
-def build_tiny(name: str, vocab_size: int | None = None, seed: int = 0, **overrides: Any):
-    """A randomly initialised Llama of a named preset; same seed, same weights."""
-    from transformers import LlamaForCausalLM
+def build_tiny(name: str, vocab_size: int | None = None, seed: int = 0, architecture: str = "llama",
+               **overrides: Any):
+    """A randomly initialised causal LM of a named preset; same seed, same weights."""
+    from transformers import AutoModelForCausalLM
 
-    cfg = preset_config(name, vocab_size, **overrides)
+    cfg = preset_config(name, vocab_size, architecture, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(cfg)
+        model = AutoModelForCausalLM.from_config(cfg)
     return model
 
 
@@ -134,12 +146,15 @@ class ModelSource:
     path: str | None = None
     trust_remote_code: bool = False
     dtype: str = "float32"
+    architecture: str = "llama"
+    config_overrides: dict | None = None
 
     def load(self):
         if self.path is not None:
             return load_pretrained(self.path, self.trust_remote_code, self.dtype)
         tok = tokenizer_from_json(self.tokenizer_json)
-        model = build_tiny(self.preset, vocab_size=len(tok), seed=self.seed)
+        model = build_tiny(self.preset, vocab_size=len(tok), seed=self.seed, architecture=self.architecture,
+                           **(self.config_overrides or {}))
         return model.to(getattr(torch, self.dtype)), tok
 
     def to_dict(self) -> dict:
@@ -155,10 +170,12 @@ def resolve_source(model_cfg, corpus: Iterable[str] | None, seed: int) -> ModelS
         raise LatheError("a preset model needs a corpus to train its tokenizer on")
     vocab = min(model_cfg.tokenizer_vocab, PRESETS[model_cfg.preset]["vocab_size"]) \
         if model_cfg.preset in PRESETS else model_cfg.tokenizer_vocab
-    preset_config(model_cfg.preset)  # clear error for an unknown preset before training anything
+    # clear error for an unknown preset, architecture or config field before training anything
+    preset_config(model_cfg.preset, None, model_cfg.architecture, **model_cfg.config_overrides)
     tok = train_tokenizer(corpus, vocab_size=vocab)
     return ModelSource(preset=model_cfg.preset, tokenizer_json=tok.backend_tokenizer.to_str(), seed=seed,
-                       dtype=model_cfg.dtype)
+                       dtype=model_cfg.dtype, architecture=model_cfg.architecture,
+                       config_overrides=dict(model_cfg.config_overrides) or None)
 
 
 def describe_model(path: str | Path) -> dict:
