@@ -64,7 +64,7 @@ def apply(model, tok, requests: list[EditRequest], cfg: FTConfig, stats=None, te
             opt.zero_grad()
             loss = nll_loss(model, tok, requests, cfg.legacy_last_position_loss)
             losses.append(float(loss.detach()))
-            if float(loss) < 1e-2:
+            if loss.item() < 1e-2:
                 break
             loss.backward()
             opt.step()
