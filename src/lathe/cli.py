@@ -1,4 +1,4 @@
-"""The `lathe` command: run, submit, jobs, tune, config, env (and serve, once added)."""
+"""The `lathe` command: run, submit, jobs, tune, config, export, env, and serve."""
 
 from __future__ import annotations
 
@@ -97,6 +97,16 @@ def _cmd_config(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_export(args) -> int:
+    from lathe.methods.peft.artifact import export, kind
+
+    what = kind(args.artifact)
+    out = export(args.artifact, args.merged)
+    how = "adapter merged into its base" if what == "adapter" else "full model copied"
+    print(f"lathe export: {out} ({how}; loads with transformers' from_pretrained and with vLLM)")
+    return 0
+
+
 def _cmd_env(args) -> int:
     import importlib.metadata as md
     import platform
@@ -176,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("configs", nargs="+", metavar="CONFIG")
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sp.set_defaults(fn=_cmd_config)
+
+    sp = sub.add_parser("export", help="write a run's model artifact (full or adapter) as a standalone HF dir")
+    sp.add_argument("artifact", help="e.g. runs/<run>/artifacts/model")
+    sp.add_argument("--merged", required=True, metavar="OUT", help="output directory (adapter merged into its base)")
+    sp.set_defaults(fn=_cmd_export)
 
     sp = sub.add_parser("env", help="versions, devices and Ray status, for bug reports")
     sp.add_argument("--address")
