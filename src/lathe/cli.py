@@ -56,7 +56,7 @@ def _cmd_tune(args) -> int:
 def _cmd_submit(args) -> int:
     from lathe.jobs.submit import submit
 
-    job_id = submit(args.config, args.overrides, args.address, wait=args.wait)
+    job_id = submit(args.config, args.overrides, args.address, wait=args.wait, check=not args.no_preflight)
     print(job_id)
     return 0
 
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*")
     sp.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
     sp.add_argument("--wait", action="store_true", help="wait until the job ends; non-zero exit if it failed")
+    sp.add_argument("--no-preflight", action="store_true",
+                    help="skip the check that the cluster's python imports lathe's dependencies")
     sp.set_defaults(fn=_cmd_submit)
 
     sp = sub.add_parser("jobs", help="list submitted jobs, or show the status/logs of one, or stop it")

@@ -72,6 +72,11 @@ class SFTTask(TrainTask):
     def loss(self, model, batch):
         return sft_lib.causal_lm_loss(model, batch)
 
+    def on_train_start(self, model, total_steps):
+        hook = None if self.method == "full" else getattr(lookup("peft", self.method), "set_total_steps", None)
+        if hook:
+            hook(model, total_steps)
+
     def after_step(self, model, step, optimizer):
         if self.method == "full":
             return {}
@@ -125,7 +130,7 @@ class SFTJob(Job):
             "method": cfg.method, "steps": steps[-1]["step"] if steps else 0,
             "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
             "tokens_per_s": steps[-1].get("tokens_per_s") if steps else None, "wall_s": wall,
-            "workers": cfg.ray.num_workers, "artifact": str(out.artifact) if out.artifact else None,
+            "workers": out.world_size, "artifact": str(out.artifact) if out.artifact else None,
         }
         if out.artifact and eval_rows:
             model, tok = load_artifact(out.artifact)

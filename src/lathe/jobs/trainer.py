@@ -32,6 +32,7 @@ class TrainOutcome:
     final: dict
     artifact: Path | None
     checkpoint: str | None
+    world_size: int | None = None  # the Ray Train workers that actually ran (reported by rank 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ def _worker(loop_cfg: dict) -> None:
         raise RuntimeError("the training set is empty")
     total = total_steps(n_items, train, world)
     per_epoch = steps_per_epoch(n_items, train, world)
+    task.on_train_start(model, total)
     amp_dtype = pick_precision(train, device)
 
     opt = make_optimizer(model, train)
@@ -139,6 +141,7 @@ def _worker(loop_cfg: dict) -> None:
         model = ray.train.torch.prepare_model(model)
     if rank == 0:
         sink.set_total.remote(total)
+        sink.push.remote({"event": "workers", "world_size": world})
         if resumed_from:
             sink.push.remote({"event": "resumed", "step": resumed_from})
 
@@ -319,5 +322,6 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
                 artifact = artifact_dir
     steps = [r for r in records if "loss" in r]
     final = dict(steps[-1]) if steps else dict(result.metrics or {})
+    world = next((r["world_size"] for r in reversed(records) if r.get("event") == "workers"), None)
     return TrainOutcome(metrics=records, final=final, artifact=artifact,
-                        checkpoint=result.checkpoint.path if result.checkpoint else None)
+                        checkpoint=result.checkpoint.path if result.checkpoint else None, world_size=world)

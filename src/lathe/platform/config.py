@@ -83,6 +83,8 @@ class RayConfig(Strict):
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)
     storage_path: str | None = Field(None, description="shared checkpoint storage; default: the run dir")
+    python: str | None = Field(None, description="lathe submit: the cluster's Python with lathe's dependencies "
+                                                 "(default: `python` on the cluster's PATH)")
 
 
 class DeepSpeedConfig(Strict):
