@@ -100,6 +100,9 @@ class TrainConfig(Strict):
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="warmup length in epochs (used when warmup_steps is 0)")
+    lr_schedule: Literal["cosine_floor", "linear"] = Field(
+        "cosine_floor", description="cosine_floor: cosine decay to 10% of lr; linear: HF linear decay to 0")
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
