@@ -25,7 +25,7 @@ _PROVIDERS: dict[str, list[str]] = {
         "lathe.jobs.edit",
         "lathe.jobs.retrieval",
     ],
-    "peft": ["lathe.methods.peft"],
+    "peft": ["lathe.methods.peft", "lathe.methods.meft"],
     "unlearning_loss": ["lathe.methods.unlearning"],
 }
 
