@@ -28,12 +28,16 @@ def client(address: str | None):
 
 
 def submit(config: str, overrides: list[str], address: str | None, working_dir: str = ".",
-           wait: bool = False, timeout: float = 3600) -> str:
+           wait: bool = False, timeout: float = 3600, command: str = "run") -> str:
+    """Submit `lathe <command> CONFIG overrides` (command: run or tune) as a Ray job; returns its id."""
     from lathe.platform.config import load_config
 
+    if command not in ("run", "tune"):
+        raise LatheError(f"submit: command must be 'run' or 'tune' (got {command!r})")
     load_config(config, overrides)  # fail here, not on the cluster
     # src/ first: the driver runs the submitted tree; workers use the lathe installed on the nodes.
-    entry = " ".join(["PYTHONPATH=src:$PYTHONPATH python -m lathe.cli run", shlex.quote(config), *map(shlex.quote, overrides)])
+    entry = " ".join([f"PYTHONPATH=src:$PYTHONPATH python -m lathe.cli {command}", shlex.quote(config),
+                      *map(shlex.quote, overrides)])
     c = client(address)
     runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
                    "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
