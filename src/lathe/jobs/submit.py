@@ -72,13 +72,16 @@ def preflight(c, python: str, runtime_env: dict, timeout: float = 120) -> str:
 
 
 def submit(config: str, overrides: list[str], address: str | None, working_dir: str = ".",
-           wait: bool = False, timeout: float = 3600, check: bool = True) -> str:
+           wait: bool = False, timeout: float = 3600, check: bool = True, command: str = "run") -> str:
+    """Submit `lathe <command> CONFIG overrides` (command: run or tune) as a Ray job; returns its id."""
     from lathe.platform.config import load_config
 
+    if command not in ("run", "tune"):
+        raise LatheError(f"submit: command must be 'run' or 'tune' (got {command!r})")
     cfg = load_config(config, overrides)  # fail here, not on the cluster
     python = shlex.quote(cfg.ray.python) if cfg.ray.python else "python"
     # src/ first: the driver runs the submitted tree; workers use the lathe installed on the nodes.
-    entry = " ".join([f"PYTHONPATH=src:$PYTHONPATH {python} -m lathe.cli run", shlex.quote(config),
+    entry = " ".join([f"PYTHONPATH=src:$PYTHONPATH {python} -m lathe.cli {command}", shlex.quote(config),
                       *map(shlex.quote, overrides)])
     c = client(address)
     runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
