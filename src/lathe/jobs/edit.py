@@ -288,12 +288,14 @@ def world_setup(cfg: EditConfig | EditStatsConfig, need_texts: bool = True):
 
 
 class EditWorker:
-    def __init__(self, model_dir: str, editor: str, options: dict, stats: dict, threads: int, seed: int):
+    def __init__(self, model_dir: str, editor: str, options: dict, stats: dict, threads: int, seed: int,
+                 loaded: tuple | None = None):
         from lathe.methods.editing import editor_config
 
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        self.model, self.tok = load_artifact(model_dir)
+        # `loaded`: an already loaded (model, tokenizer), for in-process benchmarks over several editors
+        self.model, self.tok = loaded if loaded is not None else load_artifact(model_dir)
         self.model.eval()
         self.mod, self.cfg = editor_config(editor, options)
         self.stats = stats
