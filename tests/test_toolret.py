@@ -375,3 +375,31 @@ def test_hybrid_fusion_equals_hand_computed_ranking():
     tie = HybridRetriever([_Fixed([("a", 2.0), ("x", 1.0)]), _Fixed([("b", 2.0), ("y", 1.0)])], [0.5, 0.5],
                           depth=2).search(["q"], k=1)[0]
     assert tie == [("b", 0.5)]
+
+
+# ----------------------------------------------------------------------------- jobs through the CLI
+
+def test_retrieval_eval_job_via_cli_matches_pytrec_eval(ray_local, tmp_path, capsys):
+    """`lathe run configs/retrieval/toolret_eval.yaml` (BM25s only, small synthetic corpus): the
+    reported Average NDCG@10 equals one computed here with pytrec_eval and the averaging rule."""
+    import pytrec_eval
+
+    from lathe.cli import main
+    from lathe.methods.retrieval.bm25 import BM25Retriever
+
+    rc = main(["run", "configs/retrieval/toolret_eval.yaml", "data.n_tools=90", "data.n_queries=30",
+               "retrievers=[{kind: bm25, label: BM25s}]", "modes=[query_only]", f"output_root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| BM25s |" in out and "report:" in out
+    res = json.loads(next(tmp_path.glob("*/results.json")).read_text())
+    d = toolret.synthetic_data(0, 90, 30)
+    bm = BM25Retriever()
+    bm.index(d.tools)
+    run = {q.id: dict(h) for q, h in zip(d.queries, bm.search([q.query for q in d.queries], k=100))}
+    per_q = pytrec_eval.RelevanceEvaluator(d.qrels(), {"ndcg_cut.10"}).evaluate(run)
+    cats: dict[str, list[float]] = {}
+    for q in d.queries:
+        cats.setdefault(q.category, []).append(per_q[q.id]["ndcg_cut_10"])
+    want = sum(sum(v) / len(v) for v in cats.values()) / len(cats)
+    assert len(cats) == 3 and res["tools"] == 90 and res["queries"] == 30
+    assert res["BM25s/query_only/ndcg@10"] == pytest.approx(100 * want, abs=0.006)

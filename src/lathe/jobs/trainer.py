@@ -302,7 +302,11 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
     if "://" not in str(storage):
         storage = storage.resolve()
         storage.mkdir(parents=True, exist_ok=True)
-    sink = MetricsSink.remote()
+    # on the driver's node, so the metrics survive the loss of any worker node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    sink = MetricsSink.options(scheduling_strategy=here).remote()
     records: list[dict] = []
 
     def collect(new: list[dict], total: int) -> None:
