@@ -90,14 +90,14 @@ def device_state_bytes(model, opt) -> int:
     return total
 
 
-def predicted_bytes(model, tokens: int, n_max: int) -> int:
+def predicted_bytes(model, tokens: int) -> int:
     """docs/peft.md: per adapted layer, up T·d'·4 + 2·T·p·4 + n·d·4 (+ n·d'·4 when keys train),
-    down n·(d'+d)·4 + n·4 (+ T·k·4 for per_token), with n = the buffer rows used (n_max when the
-    union overflows, which it does at these sizes)."""
+    down n·(d'+d)·4 + n·4 (+ T·k·4 for per_token), with n = the rows the host selected for that
+    layer (its union after the budget; = n_max once the union overflows)."""
     total = 0
     for _, layer in meft_layers(model):
         c = layer.cfg
-        n = min(n_max, c.num_neurons)
+        n = int(layer.stats["union"])
         up = tokens * layer.dk * 4 + 2 * tokens * c.n_probe * 4 + n * layer.d * 4
         up += n * layer.dk * 4 if c.train_keys_offload else 0
         down = n * (layer.dk + layer.d) * 4 + n * 4 + (tokens * c.topk * 4 if c.mask == "per_token" else 0)
@@ -170,8 +170,8 @@ def bytes_check(model, batch, n_max) -> dict:
     got = meter.reset()
     model.lathe_meft["store"].pending.clear()
     measured = got["meft_bytes_up"] + got["meft_bytes_down"]
-    pred = predicted_bytes(model, batch.numel(), n_max)
-    return {"measured": measured, "predicted": pred, "union_mean": got.get("meft_union_mean"),
+    pred = predicted_bytes(model, batch.numel())
+    return {"measured": measured, "predicted": pred, "union_mean": got.get("meft_union_mean"), "n_max": n_max,
             "error": abs(measured / pred - 1)}
 
 
