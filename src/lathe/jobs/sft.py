@@ -38,7 +38,7 @@ class SFTData(Strict):
 
 class SFTConfig(JobConfig):
     job: Literal["sft"] = "sft"
-    method: str = Field("full", description="full, or an adapter: lora, melora, aslora")
+    method: str = Field("full", description="full, or an adapter: lora, melora, aslora, meft")
     adapter: dict[str, Any] = Field(default_factory=dict, description="the adapter method's own options")
     data: SFTData = SFTData()
     train: TrainConfig = TrainConfig()
@@ -61,27 +61,49 @@ class SFTTask(TrainTask):
                  adapter: dict[str, Any]):
         self.source, self.rows, self.max_length = source, rows, max_length
         self.method, self.adapter = method, adapter
+        if method == "meft" and adapter.get("tables") == "actor" and not adapter.get("actor_name"):
+            from lathe.jobs.meft_tables import new_actor_name  # one table actor per run, named on the driver
+
+            self.adapter = {**adapter, "actor_name": new_actor_name()}
 
     def build(self) -> Built:
         model, tok = self.source.load()
         if self.method != "full":
-            model = lookup("peft", self.method).apply(model, self.adapter)
+            extra = {}
+            if self.method == "meft" and self.adapter.get("tables") == "actor":
+                from lathe.jobs.meft_tables import actor_store  # the node's table actor (Ray lives in jobs)
+
+                extra["store"] = actor_store(self.adapter)
+            model = lookup("peft", self.method).apply(model, self.adapter, **extra)
         encoded = [sft_lib.encode_qa(tok, r["question"], r["answer"], self.max_length) for r in self.rows]
         return Built(model, tok, encoded, sft_lib.pad_collate(tok.pad_token_id))
 
     def loss(self, model, batch):
         return sft_lib.causal_lm_loss(model, batch)
 
+    def _hook(self, name: str):
+        return None if self.method == "full" else getattr(lookup("peft", self.method), name, None)
+
     def on_train_start(self, model, total_steps):
-        hook = None if self.method == "full" else getattr(lookup("peft", self.method), "set_total_steps", None)
+        hook = self._hook("set_total_steps")
         if hook:
             hook(model, total_steps)
 
-    def after_step(self, model, step, optimizer):
-        if self.method == "full":
-            return {}
-        hook = getattr(lookup("peft", self.method), "after_step", None)
+    def before_step(self, model, step, optimizer):
+        hook = self._hook("before_step")
         return hook(model, step, optimizer) if hook else {}
+
+    def after_step(self, model, step, optimizer):
+        hook = self._hook("after_step")
+        return hook(model, step, optimizer) if hook else {}
+
+    def trainable_state(self, model):
+        hook = self._hook("trainable_state")  # MEFT: + the host tables and their Adam state
+        return hook(model) if hook else super().trainable_state(model)
+
+    def load_trainable_state(self, model, state):
+        hook = self._hook("load_trainable_state")
+        return hook(model, state) if hook else super().load_trainable_state(model, state)
 
     def save_artifact(self, model, tokenizer, out_dir: Path) -> None:
         if self.method == "full":

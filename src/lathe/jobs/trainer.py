@@ -189,6 +189,7 @@ def _worker(loop_cfg: dict) -> None:
                 for k, v in metrics.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
             if engine is None:
+                logs.update(task.before_step(core, step + 1, opt))
                 grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
                              if train.max_grad_norm else None)
                 opt.step()
