@@ -28,7 +28,7 @@ _PROVIDERS: dict[str, list[str]] = {
         "lathe.jobs.reward_model",
         "lathe.jobs.macpo",
     ],
-    "peft": ["lathe.methods.peft"],
+    "peft": ["lathe.methods.peft", "lathe.methods.meft"],
     "unlearning_loss": ["lathe.methods.unlearning"],
 }
 
