@@ -70,3 +70,20 @@ def test_judge_counts_only_agreeing_orders():
     assert [r["result"] for r in res["rows"]] == ["system", "system", "baseline", "tie"]
     assert (res["win"], res["tie"], res["loss"]) == (2, 1, 1) and res["win_rate"] == pytest.approx(2.5 / 4)
     assert E.parse_verdict(" b.") == "B" and E.parse_verdict("Tie") == "tie" and E.parse_verdict("?") == "tie"
+
+
+def test_judge_through_the_shared_llm_client():
+    from lathe.methods.agents.llm import ScriptedLLM
+
+    # the judge prefers whichever response mentions "step"; it sees both orders
+    def verdict(messages):
+        p = messages[-1]["content"]
+        a = p.split("Response A: ")[1].split("\n\n")[0]
+        return "A" if "step" in a else "B"
+
+    client = ScriptedLLM([(r"Verdict:", verdict)])
+    res = E.judge_both_orders(["q0", "q1"], ["one step", "no"], ["no", "two steps"], E.chat_judge(client))
+    assert (res["win"], res["loss"], res["tie"]) == (1, 1, 0)
+    assert len(client.log) == 4 and all(r["tag"] == "judge" for r in client.log)
+    with pytest.raises(LatheError, match="judge_model: /nonexistent"):
+        E.judge_client("/nonexistent")

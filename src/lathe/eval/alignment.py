@@ -166,6 +166,26 @@ def judge_both_orders(questions: list[str], system: list[str], baseline: list[st
     return {**counts, **win_rate(counts), "rows": rows}
 
 
+def chat_judge(client) -> Callable[[list[str]], list[str]]:
+    """A `judge` over the shared LLM client (`lathe.methods.agents.llm.ChatLLM`): greedy, a few tokens."""
+    def judge(prompts: list[str]) -> list[str]:
+        return [client.chat([{"role": "user", "content": p}], temperature=0.0, max_tokens=4, tag="judge")
+                for p in prompts]
+    return judge
+
+
+def judge_client(spec: str):
+    """The shared LLM client for `judge_model`: an OpenAI-compatible URL (lathe's LLM service) or a
+    local HF model dir."""
+    from lathe.methods.agents import llm
+
+    if spec.startswith(("http://", "https://")):
+        return llm.OpenAIChat(spec)
+    if not (Path(spec) / "config.json").is_file():
+        raise LatheError(f"judge_model: {spec} is neither an http(s) URL of an LLM service nor a model dir")
+    return llm.TransformersChat.from_dir(spec)
+
+
 def mean(xs: Iterable[float]) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else float("nan")
