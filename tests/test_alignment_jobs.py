@@ -76,3 +76,16 @@ def test_bad_preference_file_is_one_line_cli_error(tmp_path):
     assert proc.returncode != 0
     assert "train.jsonl: row 2: missing field 'rejected'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_tune_over_dpo_beta_and_lr(ray_local, tmp_path):
+    from lathe.jobs.tune import run_tune
+
+    cfg = load_config(ROOT / "configs/align/dpo.yaml", [
+        f"output_root={tmp_path}", "train.max_steps=3", "train.batch_size=8", "data.n_train=32", "data.n_test=16",
+        "eval.n_prompts=0", "tune.num_samples=2", "tune.max_concurrent=1"])
+    res = run_tune(cfg, RunDir.create(cfg), "configs/align/dpo.yaml")
+    assert len(res["trials"]) == 2 and all(t["status"] == "ok" for t in res["trials"])
+    assert set(res["best_config"]) == {"dpo.beta", "train.lr"}
+    assert all(t["eval_pref_accuracy"] is not None for t in res["trials"])
