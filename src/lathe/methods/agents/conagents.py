@@ -56,6 +56,11 @@ class StepBudgetError(RuntimeError):
     """The wall-time budget of a run ran out."""
 
 
+class ToolFatal(RuntimeError):
+    """A tool call that must end the run (it hung past its timeout, or the tool server crashed)
+    instead of becoming feedback for a retry."""
+
+
 def count_tokens(text: str) -> int:
     """A tokenizer-free estimate (words and punctuation marks); pass a tokenizer's count to be exact."""
     return len(re.findall(r"\w+|[^\w\s]", text))
@@ -354,6 +359,8 @@ class ConAgents:
                     continue
             try:
                 resp = self.send(tool.method, url, params)
+            except ToolFatal:
+                raise
             except Exception as e:  # noqa: BLE001 - any transport failure is feedback for the agent
                 self.calls.append({"method": tool.method, "url": url, "template": tool.path, "status": None})
                 feedback.append(f"the request raised {type(e).__name__}: {e}")
@@ -531,11 +538,14 @@ def react_run(llm: ChatLLM, tools: list[ToolDoc], send: Send, query: str, max_st
             else:
                 try:
                     resp = send(method, url, params if isinstance(params, dict) else {})
+                except ToolFatal:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    resp, obs = None, f"the request raised {type(e).__name__}: {e}"
+                if resp is not None:
                     calls.append({"method": method, "url": url, "template": tool.path if tool else url_path(url),
                                   "status": resp.status})
                     obs = EMPTY_OBSERVATION if resp.status == 204 else json.dumps(resp.body)[:response_chars]
-                except Exception as e:  # noqa: BLE001
-                    obs = f"the request raised {type(e).__name__}: {e}"
         step["observation"] = obs
         steps.append(step)
         if on_step:
