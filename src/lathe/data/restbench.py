@@ -150,6 +150,7 @@ class Task:
     solution: list[str]  # as published: "GET <url or path>"
     answer: str | None = None  # synthetic only: the gold final value (auto judge)
     domain: str = ""
+    plan: list[dict] | None = None  # synthetic only, not written: the gold steps (oracle teacher)
 
     @property
     def gold_keys(self) -> list[tuple[str, str]]:
@@ -754,20 +755,54 @@ def _t(domain: str, *calls: str) -> list[str]:
     return [f"{c.split()[0]} {BASE_URLS[domain]}{c.split()[1]}" for c in calls]
 
 
-def _tmdb_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], str]]:
+def _step(domain: str, thought: str, call: str, path: str, params: dict, instructions: str, code: str) -> dict:
+    """One gold step: the template call, the concrete request, and extraction code over its response
+    (`code` prints the observation; the oracle teacher runs it in the sandboxed interpreter)."""
+    method, tmpl = call.split()
+    return {"thought": thought, "call": f"{method} {BASE_URLS[domain]}{tmpl}", "method": method,
+            "url": f"{BASE_URLS[domain]}{path}", "params": params, "output_instructions": instructions, "code": code}
+
+
+def _search_movie(title: str, mid: int) -> dict:
+    return _step("tmdb", f"search for the movie **{title}** to get its id", "GET /search/movie", "/search/movie",
+                 {"query": title}, f"the id of the movie {title}",
+                 'r = response["results"][0]\nprint("the id of the movie " + r["title"] + " is (" + str(r["id"]) + ")")')
+
+
+def _search_person(name: str) -> dict:
+    return _step("tmdb", f"search for the person **{name}** to get the id", "GET /search/person", "/search/person",
+                 {"query": name}, f"the id of the person {name}",
+                 'r = response["results"][0]\nprint("the id of the person " + r["name"] + " is (" + str(r["id"]) + ")")')
+
+
+def _tmdb_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], str, list[dict]]]:
     P, M, C = w["people"], w["movies"], w["credits"]
     out = []
     movies = list(M.values())
     rng.shuffle(movies)
+    director_code = ('d = [c for c in response["crew"] if c["job"] == "Director"][0]\n'
+                     'print("the director of the movie (" + str(response["id"]) + ") is " + d["name"] + " (" + '
+                     'str(d["id"]) + ")")')
     for m in movies[:12]:
         d = P[C[m["id"]]["crew"][0]["id"]]
         out.append((f"Who directed the movie {m['title']}?",
-                    _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}/credits"), d["name"]))
+                    _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}/credits"), d["name"],
+                    [_search_movie(m["title"], m["id"]),
+                     _step("tmdb", f"get the credits of the movie ({m['id']}) and find the Director",
+                           "GET /movie/{movie_id}/credits", f"/movie/{m['id']}/credits", {},
+                           "the name of the crew member whose job is Director", director_code)]))
     for m in movies[12:20]:
         d = P[C[m["id"]]["crew"][0]["id"]]
         out.append((f"What is the birthday of the director of {m['title']}?",
                     _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}/credits", "GET /person/{person_id}"),
-                    d["birthday"]))
+                    d["birthday"],
+                    [_search_movie(m["title"], m["id"]),
+                     _step("tmdb", f"get the credits of the movie ({m['id']}) and find the Director",
+                           "GET /movie/{movie_id}/credits", f"/movie/{m['id']}/credits", {},
+                           "the name and id of the crew member whose job is Director", director_code),
+                     _step("tmdb", f"get the details of the person ({d['id']}) to read the birthday",
+                           "GET /person/{person_id}", f"/person/{d['id']}", {}, "the birthday of the person",
+                           'print("the birthday of the person (" + str(response["id"]) + ") is " + response["birthday"])')]))
     actors = [p for p in P.values() if p["known_for_department"] == "Acting"]
     rng.shuffle(actors)
     for p in actors[:12]:
@@ -775,27 +810,63 @@ def _tmdb_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], str]]
                        key=lambda m: m["release_date"], reverse=True)
         if films:
             out.append((f"What is the most recent movie that {p['name']} acted in?",
-                        _t("tmdb", "GET /search/person", "GET /person/{person_id}/movie_credits"), films[0]["title"]))
+                        _t("tmdb", "GET /search/person", "GET /person/{person_id}/movie_credits"), films[0]["title"],
+                        [_search_person(p["name"]),
+                         _step("tmdb", f"get the movie credits of the person ({p['id']}) and take the newest movie",
+                               "GET /person/{person_id}/movie_credits", f"/person/{p['id']}/movie_credits", {},
+                               "the title of the most recent movie in cast",
+                               'print("the most recent movie of the person (" + str(response["id"]) + ") is " + '
+                               'response["cast"][0]["title"])')]))
     for p in actors[12:18]:
         films = [(M[mid], x) for mid, c in C.items() for x in c["cast"] if x["id"] == p["id"]]
         if films:
             m, x = films[0]
             out.append((f"Which character did {p['name']} play in {m['title']}?",
-                        _t("tmdb", "GET /search/person", "GET /person/{person_id}/movie_credits"), x["character"]))
+                        _t("tmdb", "GET /search/person", "GET /person/{person_id}/movie_credits"), x["character"],
+                        [_search_person(p["name"]),
+                         _step("tmdb", f"get the movie credits of the person ({p['id']}) and find {m['title']}",
+                               "GET /person/{person_id}/movie_credits", f"/person/{p['id']}/movie_credits", {},
+                               f"the character played in {m['title']}",
+                               f'm = [c for c in response["cast"] if c["title"] == {json.dumps(m["title"])}][0]\n'
+                               'print("the person (" + str(response["id"]) + ") played " + m["character"])')]))
     for c in list(w["collections"].values())[:6]:
         m = M[c["parts"][0]]
         out.append((f"How many movies are in the collection that {m['title']} belongs to?",
                     _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}", "GET /collection/{collection_id}"),
-                    str(len(c["parts"]))))
+                    str(len(c["parts"])),
+                    [_search_movie(m["title"], m["id"]),
+                     _step("tmdb", f"get the details of the movie ({m['id']}) to find its collection",
+                           "GET /movie/{movie_id}", f"/movie/{m['id']}", {}, "the id of the collection",
+                           'print("the movie (" + str(response["id"]) + ") belongs to the collection (" + '
+                           'str(response["belongs_to_collection"]["id"]) + ")")'),
+                     _step("tmdb", f"get the collection ({c['id']}) and count its movies",
+                           "GET /collection/{collection_id}", f"/collection/{c['id']}", {},
+                           "the number of movies (parts) in the collection",
+                           'print("the collection (" + str(response["id"]) + ") has " + str(len(response["parts"])) + '
+                           '" movies")')]))
     best = max(M.values(), key=lambda m: m["vote_average"])
-    out.append(("What is the title of the top rated movie?", _t("tmdb", "GET /movie/top_rated"), best["title"]))
+    out.append(("What is the title of the top rated movie?", _t("tmdb", "GET /movie/top_rated"), best["title"],
+                [_step("tmdb", "get the top rated movies and take the first", "GET /movie/top_rated",
+                       "/movie/top_rated", {}, "the title of the first movie",
+                       'print("the top rated movie is " + response["results"][0]["title"])')]))
     for m in movies[20:26]:
         out.append((f"What is the runtime in minutes of {m['title']}?",
-                    _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}"), str(m["runtime"])))
+                    _t("tmdb", "GET /search/movie", "GET /movie/{movie_id}"), str(m["runtime"]),
+                    [_search_movie(m["title"], m["id"]),
+                     _step("tmdb", f"get the details of the movie ({m['id']}) to read the runtime", "GET /movie/{movie_id}",
+                           f"/movie/{m['id']}", {}, "the runtime in minutes",
+                           'print("the runtime of the movie (" + str(response["id"]) + ") is " + str(response["runtime"]) '
+                           '+ " minutes")')]))
     return out
 
 
-def _spotify_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], str]]:
+def _search_sp(kind: str, name: str) -> dict:
+    return _step("spotify", f"search for the {kind} **{name}** to get its id", "GET /search", "/search",
+                 {"q": name, "type": kind}, f"the id of the {kind} {name}",
+                 f'r = response["{kind}s"]["items"][0]\nprint("the id of the {kind} " + r["name"] + " is (" + r["id"] + ")")')
+
+
+def _spotify_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], str, list[dict]]]:
     A, AL, T, PL = w["artists"], w["albums"], w["tracks"], w["playlists"]
     out = []
     arts = list(A.values())
@@ -803,32 +874,58 @@ def _spotify_tasks(w: dict, rng: random.Random) -> list[tuple[str, list[str], st
     for a in arts[:10]:
         top = max((t for t in T.values() if a["id"] in t["artist_ids"]), key=lambda t: t["popularity"])
         out.append((f"What is the most popular track by {a['name']}?",
-                    _t("spotify", "GET /search", "GET /artists/{id}/top-tracks"), top["name"]))
+                    _t("spotify", "GET /search", "GET /artists/{id}/top-tracks"), top["name"],
+                    [_search_sp("artist", a["name"]),
+                     _step("spotify", f"get the top tracks of the artist ({a['id']}) and take the first",
+                           "GET /artists/{id}/top-tracks", f"/artists/{a['id']}/top-tracks", {},
+                           "the name of the most popular track",
+                           'print("the most popular track of the artist is " + response["tracks"][0]["name"])')]))
     albs = list(AL.values())
     rng.shuffle(albs)
     for al in albs[:8]:
         out.append((f"How many tracks are on the album {al['name']}?",
-                    _t("spotify", "GET /search", "GET /albums/{id}/tracks"), str(len(al["tracks"]))))
+                    _t("spotify", "GET /search", "GET /albums/{id}/tracks"), str(len(al["tracks"])),
+                    [_search_sp("album", al["name"]),
+                     _step("spotify", f"get the tracks of the album ({al['id']}) and count them",
+                           "GET /albums/{id}/tracks", f"/albums/{al['id']}/tracks", {}, "the number of tracks",
+                           'print("the album has " + str(response["total"]) + " tracks")')]))
     for al in albs[8:14]:
         out.append((f"What is the first genre of the artist of the album {al['name']}?",
                     _t("spotify", "GET /search", "GET /albums/{id}", "GET /artists/{id}"),
-                    A[al["artist_id"]]["genres"][0]))
+                    A[al["artist_id"]]["genres"][0],
+                    [_search_sp("album", al["name"]),
+                     _step("spotify", f"get the album ({al['id']}) to find its artist", "GET /albums/{id}",
+                           f"/albums/{al['id']}", {}, "the id of the artist",
+                           'print("the artist of the album is (" + response["artists"][0]["id"] + ")")'),
+                     _step("spotify", f"get the artist ({al['artist_id']}) and read the first genre",
+                           "GET /artists/{id}", f"/artists/{al['artist_id']}", {}, "the first genre",
+                           'print("the first genre of the artist is " + response["genres"][0])')]))
     for p in [p for p in PL.values() if p["tracks"]][:6]:
         out.append((f"What is the name of the first track in the playlist {p['name']}?",
-                    _t("spotify", "GET /search", "GET /playlists/{playlist_id}/tracks"), T[p["tracks"][0]]["name"]))
+                    _t("spotify", "GET /search", "GET /playlists/{playlist_id}/tracks"), T[p["tracks"][0]]["name"],
+                    [_search_sp("playlist", p["name"]),
+                     _step("spotify", f"get the tracks of the playlist ({p['id']}) and take the first",
+                           "GET /playlists/{playlist_id}/tracks", f"/playlists/{p['id']}/tracks", {},
+                           "the name of the first track",
+                           'print("the first track of the playlist is " + response["items"][0]["track"]["name"])')]))
     out.append(("What is the name of the track that is playing now?", _t("spotify", "GET /me/player"),
-                T[w["player"]["item"]]["name"]))
+                T[w["player"]["item"]]["name"],
+                [_step("spotify", "get the playback state to find the current track", "GET /me/player", "/me/player",
+                       {}, "the name of the track playing now",
+                       'print("the track playing now is " + response["item"]["name"])')]))
     return out
 
 
 def generate(domain: str = "tmdb", seed: int = 0, world: dict | None = None) -> TaskFile:
-    """Synthetic tasks over the seeded world, in the published `data+tool` layout plus `answer`."""
+    """Synthetic tasks over the seeded world, in the published `data+tool` layout plus `answer`
+    (and, in memory only, `plan`: the gold steps the oracle teacher follows)."""
     if domain not in DOMAINS:
         raise LatheError(f"domain: expected one of {', '.join(DOMAINS)} (got {domain!r})")
     world = world or build_world(seed)
     rng = random.Random(f"tasks:{domain}:{seed}")
     rows = (_tmdb_tasks if domain == "tmdb" else _spotify_tasks)(world[domain], rng)
-    tasks = [Task(q_id=str(i), query=q, solution=s, answer=a, domain=domain) for i, (q, s, a) in enumerate(rows)]
+    tasks = [Task(q_id=f"{domain}-{i}", query=q, solution=s, answer=a, domain=domain, plan=plan)
+             for i, (q, s, a, plan) in enumerate(rows)]
     return TaskFile(tasks, ToolSandbox(domain, seed, world=world).tools(), "data+tool")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -70,6 +70,74 @@ class LLMAppConfig(Strict):
     max_body_bytes: int = Field(1 << 16, ge=256)
 
 
+class SandboxAppConfig(Strict):
+    """The RestBench-style tool sandbox (lathe.serve.sandbox_app)."""
+
+    route_prefix: str = "/sandbox"
+    domains: list[Literal["tmdb", "spotify"]] = Field(default_factory=lambda: ["tmdb", "spotify"], min_length=1)
+    seed: int = 0
+    error_rate: float = Field(0.0, ge=0, le=1, description="fault injection: share of requests answered 500")
+    latency_ms: float = Field(0.0, ge=0, le=60000, description="fault injection: added latency per request")
+    api_token: str | None = Field(None, description="the sandbox API answers 401 without 'Bearer <api_token>'")
+    faults: dict[str, Literal["raise", "hang"]] = Field(
+        default_factory=dict, description="'GET /movie/top_rated': raise | hang (testing the agents' error paths)")
+    hang_s: float = Field(30.0, gt=0, le=3600, description="how long a 'hang' fault sleeps")
+    replicas: ReplicaConfig = ReplicaConfig(num_cpus=0.25)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+
+
+class AgentLLMConfig(Strict):
+    kind: Literal["handle", "openai", "oracle"] = Field(
+        "handle", description="handle: the llm app of this config; openai: base_url; oracle: the gold-path teacher")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/llm/v1")
+    model: str | None = None
+    api_key_env: str | None = None
+    allow_remote: bool = False
+    timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> "AgentLLMConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("llm.kind openai needs llm.base_url")
+        return self
+
+
+class AgentsAppConfig(Strict):
+    """ConAgents and GenGround (lathe.serve.agents_app), composed with the llm and sandbox apps."""
+
+    route_prefix: str = "/agents"
+    llm: AgentLLMConfig = AgentLLMConfig()
+    domain: Literal["tmdb", "spotify"] = "tmdb"
+    candidates: int = Field(20, ge=1, le=200, description="candidate tools per query (gold + random for tasks)")
+    conagents: dict[str, Any] = Field(default_factory=dict, description="ConAgentsConfig fields (max_steps, protocol..)")
+    genground: dict[str, Any] = Field(default_factory=dict, description="GenGroundConfig fields (max_iters, n_docs..)")
+    knowledge_mode: Literal["oracle", "simulation", "index"] = "index"
+    corpus_seed: int = 0
+    questions: str | None = Field(None, description="QA file (else the synthetic multi-hop set)")
+    questions_format: Literal["hotpotqa", "musique", "2wiki", "strategyqa", "lathe"] = "hotpotqa"
+    passages: str | None = Field(None, description="passage file (DPR TSV or JSONL); default: the questions' own")
+    max_steps_limit: int = Field(10, ge=1, le=50, description="largest max_steps / max_iters a request may ask")
+    max_wall_s: float = Field(120.0, gt=0, description="wall-time budget of one run")
+    tool_timeout_s: float = Field(10.0, gt=0, description="a tool call that takes longer ends the run")
+    max_query_chars: int = Field(2000, ge=1)
+    replicas: ReplicaConfig = ReplicaConfig(num_cpus=0.25, max_ongoing_requests=32)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+
+    @model_validator(mode="after")
+    def _options(self) -> "AgentsAppConfig":
+        from dataclasses import fields
+
+        from lathe.methods.agents.conagents import ConAgentsConfig
+        from lathe.methods.agents.genground import GenGroundConfig
+
+        for name, cls in (("conagents", ConAgentsConfig), ("genground", GenGroundConfig)):
+            known = {f.name for f in fields(cls)}
+            bad = sorted(set(getattr(self, name)) - known)
+            if bad:
+                raise ValueError(f"{name}: unknown option(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
+        return self
+
+
 class ServeConfig(JobConfig):
     """`lathe serve CONFIG`: which apps to deploy and how the HTTP proxy binds."""
 
@@ -79,9 +147,16 @@ class ServeConfig(JobConfig):
     auth_token_env: str | None = Field(None, description="read the bearer token from this environment variable")
     retriever: RetrieverAppConfig | None = None
     llm: LLMAppConfig | None = None
+    sandbox: SandboxAppConfig | None = None
+    agents: AgentsAppConfig | None = None
 
     @model_validator(mode="after")
     def _something(self) -> "ServeConfig":
-        if self.retriever is None and self.llm is None:
-            raise ValueError("configure at least one app: retriever and/or llm")
+        if self.retriever is None and self.llm is None and self.sandbox is None and self.agents is None:
+            raise ValueError("configure at least one app: retriever, llm, sandbox and/or agents")
+        if self.agents is not None:
+            if self.sandbox is None:
+                raise ValueError("agents: needs the sandbox app (add a sandbox: section)")
+            if self.agents.llm.kind == "handle" and self.llm is None:
+                raise ValueError("agents.llm.kind handle: needs the llm app (add an llm: section)")
         return self

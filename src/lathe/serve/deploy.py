@@ -57,6 +57,18 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
         serve.run(build_llm(cfg.llm, materialize_model(cfg), token), name="llm", route_prefix=cfg.llm.route_prefix,
                   blocking=False)
         urls["llm"] = base + cfg.llm.route_prefix
+    if cfg.sandbox is not None:
+        from lathe.serve.sandbox_app import build_app as build_sandbox
+
+        serve.run(build_sandbox(cfg.sandbox, token), name="sandbox", route_prefix=cfg.sandbox.route_prefix,
+                  blocking=False)
+        urls["sandbox"] = base + cfg.sandbox.route_prefix
+    if cfg.agents is not None:  # after llm and sandbox: it looks their handles up by app name
+        from lathe.serve.agents_app import build_app as build_agents
+
+        serve.run(build_agents(cfg.agents, token), name="agents", route_prefix=cfg.agents.route_prefix,
+                  blocking=False)
+        urls["agents"] = base + cfg.agents.route_prefix
     return urls
 
 

@@ -42,6 +42,7 @@ class ConAgentsConfig:
     interpreter_memory_mb: int = 512
     max_wall_s: float | None = None
     seed: int | None = 0
+    prompt_style: Literal["full", "compact"] = "full"  # compact: no worked examples or long docs (small students)
 
     @property
     def automatic(self) -> bool:
@@ -54,6 +55,11 @@ class ConAgentsConfig:
 
 class StepBudgetError(RuntimeError):
     """The wall-time budget of a run ran out."""
+
+
+class ToolFatal(RuntimeError):
+    """A tool call that must end the run (it hung past its timeout, or the tool server crashed)
+    instead of becoming feedback for a retry."""
 
 
 def count_tokens(text: str) -> int:
@@ -98,10 +104,14 @@ def candidate_block(tools: list[ToolDoc]) -> str:
 
 
 def grounding_messages(query: str, tools: list[ToolDoc], transcript: str, domain: str = "",
-                       feedback: str | None = None) -> list[dict]:
-    ex = GROUNDING_EXAMPLES.get(domain) or "\n\n".join(GROUNDING_EXAMPLES.values())
-    user = f"{ex}\n\nCandidate tools:\n{candidate_block(tools)}\n\nQuery: {query}\n{transcript}"
-    msgs = [{"role": "system", "content": GROUNDING_SYSTEM}, {"role": "user", "content": user}]
+                       feedback: str | None = None, compact: bool = False) -> list[dict]:
+    if compact:
+        user = f"Candidate tools: {len(tools)}\nQuery: {query}\n{transcript}"
+        msgs = [{"role": "user", "content": user}]
+    else:
+        ex = GROUNDING_EXAMPLES.get(domain) or "\n\n".join(GROUNDING_EXAMPLES.values())
+        user = f"{ex}\n\nCandidate tools:\n{candidate_block(tools)}\n\nQuery: {query}\n{transcript}"
+        msgs = [{"role": "system", "content": GROUNDING_SYSTEM}, {"role": "user", "content": user}]
     if feedback:
         msgs.append({"role": "user", "content": f"Revise the last step. Reviewer feedback: {feedback}\n{transcript}"})
     return msgs
@@ -122,7 +132,13 @@ def render_doc(t: ToolDoc) -> str:
     return "\n".join(lines)
 
 
-def execution_messages(background: str, thought: str, tool: ToolDoc, feedback: list[str]) -> list[dict]:
+def execution_messages(background: str, thought: str, tool: ToolDoc, feedback: list[str],
+                       compact: bool = False) -> list[dict]:
+    if compact:
+        user = f"Tool documentation: {tool.call}\nBackground: {background}\nInstruction: {thought}\nJSON:"
+        if feedback:
+            user += " (previous attempt failed: " + feedback[-1][:200] + ")"
+        return [{"role": "user", "content": user}]
     user = (f"Tool documentation:\n{render_doc(tool)}\n\nBackground: {background}\nInstruction: {thought}\n\n"
             "Write the HTTP request for the instruction as JSON: {\"url\": <the full URL with every {variable} "
             "filled from the background>, \"params\": {<query parameters>}, \"output_instructions\": <what the "
@@ -140,7 +156,11 @@ def observing_messages(request: dict, response_text: str, instructions: str) -> 
     return [{"role": "user", "content": user}]
 
 
-def code_messages(request: dict, schema: str, instructions: str, feedback: str | None) -> list[dict]:
+def code_messages(request: dict, schema: str, instructions: str, feedback: str | None,
+                  compact: bool = False) -> list[dict]:
+    if compact:
+        return [{"role": "user", "content": f"Write Python code for {request.get('url', '')}\nOutput instructions: "
+                                            f"{instructions}" + (f"\nFailed: {feedback[:200]}" if feedback else "")}]
     user = (f"Write Python code that reads the variable `response` (already loaded, a parsed JSON value) and "
             f"prints one sentence answering the output instructions.\nRequest: {json.dumps(request)}\n"
             f"Output instructions: {instructions}\nSchema of response:\n{schema}\n"
@@ -292,7 +312,8 @@ class ConAgents:
 
     # -- M_G
     def ground(self, query: str, transcript: str, feedback: str | None = None) -> tuple[str, str | None, str | None]:
-        msgs = grounding_messages(query, self.tools, transcript, self.domain, feedback)
+        compact = self.cfg.prompt_style == "compact"
+        msgs = grounding_messages(query, self.tools, transcript, self.domain, feedback, compact)
         stop = ["Execution Result", "Executed Result"]
         first = ""
         for _ in range(self.cfg.grounding_retries):
@@ -303,7 +324,8 @@ class ConAgents:
                 return kind, thought, value
         # forced continuation: keep the first line as the thought and ask for the tool alone
         thought = re.sub(r"^\s*Thought:\s*", "", first).strip() or "call the next tool"
-        forced = grounding_messages(query, self.tools, transcript + thought + "\nAPI Selection: ", self.domain)
+        forced = grounding_messages(query, self.tools, transcript + thought + "\nAPI Selection: ", self.domain,
+                                    compact=compact)
         forced[-1]["content"] += "\nAnswer with the API Selection (METHOD and URL of one candidate) only."
         tool = self._chat("grounding", forced, stop=["Thought: "]).strip().splitlines()
         return "step", thought, (tool[0].strip() if tool else "")
@@ -330,8 +352,8 @@ class ConAgents:
             attempt += 1
             step.attempts = attempt
             try:
-                req = json.loads(self._chat("execution", execution_messages(background, step.thought, tool, feedback),
-                                            json_mode=True))
+                req = json.loads(self._chat("execution", execution_messages(
+                    background, step.thought, tool, feedback, self.cfg.prompt_style == "compact"), json_mode=True))
             except LLMError as e:
                 feedback.append(f"the request was not valid JSON ({e})")
                 continue
@@ -354,6 +376,8 @@ class ConAgents:
                     continue
             try:
                 resp = self.send(tool.method, url, params)
+            except ToolFatal:
+                raise
             except Exception as e:  # noqa: BLE001 - any transport failure is feedback for the agent
                 self.calls.append({"method": tool.method, "url": url, "template": tool.path, "status": None})
                 feedback.append(f"the request raised {type(e).__name__}: {e}")
@@ -409,7 +433,8 @@ class ConAgents:
             fb = None
             for _ in range(self.cfg.code_attempts if self.cfg.adaptive else 1):
                 try:
-                    code = _extract_code(self._chat("observing", code_messages(request, schema, instructions, fb),
+                    code = _extract_code(self._chat("observing", code_messages(request, schema, instructions, fb,
+                                                                                  self.cfg.prompt_style == "compact"),
                                                     temperature=self.cfg.code_temperature))
                 except LLMError as e:
                     step.feedback.append(f"extraction code: {e}")
@@ -531,11 +556,14 @@ def react_run(llm: ChatLLM, tools: list[ToolDoc], send: Send, query: str, max_st
             else:
                 try:
                     resp = send(method, url, params if isinstance(params, dict) else {})
+                except ToolFatal:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    resp, obs = None, f"the request raised {type(e).__name__}: {e}"
+                if resp is not None:
                     calls.append({"method": method, "url": url, "template": tool.path if tool else url_path(url),
                                   "status": resp.status})
                     obs = EMPTY_OBSERVATION if resp.status == 204 else json.dumps(resp.body)[:response_chars]
-                except Exception as e:  # noqa: BLE001
-                    obs = f"the request raised {type(e).__name__}: {e}"
         step["observation"] = obs
         steps.append(step)
         if on_step:

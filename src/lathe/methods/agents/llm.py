@@ -304,11 +304,15 @@ class TransformersChat(ChatLLM):
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, max_context: int = 2048, device: str | None = None, **kw):
+    def __init__(self, model: Any, tokenizer: Any, max_context: int = 2048, device: str | None = None,
+                 prompt_style: str = "chat", **kw):
         super().__init__(**kw)
         import torch
 
+        if prompt_style not in ("chat", "sft"):
+            raise LLMError("prompt_style: expected chat or sft")
         self.model, self.tokenizer, self.max_context = model, tokenizer, max_context
+        self.prompt_style = prompt_style  # sft: the sft job's prompt over the flattened messages (students)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self._lock = threading.Lock()
@@ -320,11 +324,30 @@ class TransformersChat(ChatLLM):
         model, tok = load_pretrained(path, dtype=dtype)
         return cls(model, tok, **kw)
 
+    @classmethod
+    def from_artifact(cls, path: str, **kw) -> "TransformersChat":
+        """An sft job artifact (full model dir, or an adapter over its recorded base)."""
+        from lathe.methods.peft.artifact import load_artifact
+
+        model, tok = load_artifact(path)
+        return cls(model, tok, **kw)
+
+    def render(self, messages: list[dict]) -> list[int]:
+        if self.prompt_style == "sft":
+            from lathe.methods.agents.distill import flatten_messages
+            from lathe.methods.sft import prompt_text
+
+            tok = self.tokenizer
+            ids = tok(prompt_text(tok, flatten_messages(messages)), add_special_tokens=False)["input_ids"]
+            if tok.bos_token_id is not None and not getattr(tok, "chat_template", None):
+                ids = [tok.bos_token_id] + ids
+            return ids
+        return self.tokenizer(render_chat(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
+
     def _complete(self, messages, stop, temperature, max_tokens, seed) -> Completion:
         import torch
 
-        prompt = render_chat(self.tokenizer, messages)
-        ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        ids = torch.tensor([self.render(messages)], dtype=torch.long)
         limit = getattr(self.model.config, "max_position_embeddings", self.max_context) or self.max_context
         limit = min(limit, self.max_context)
         budget = max(1, min(max_tokens, limit - 1))
