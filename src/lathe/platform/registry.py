@@ -27,6 +27,7 @@ _PROVIDERS: dict[str, list[str]] = {
     ],
     "peft": ["lathe.methods.peft"],
     "unlearning_loss": ["lathe.methods.unlearning"],
+    "sft_data": ["lathe.methods.lego.finetune"],
 }
 
 
