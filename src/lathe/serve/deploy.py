@@ -10,15 +10,19 @@ from lathe.serve.config import ServeConfig
 
 
 def materialize_model(cfg: ServeConfig) -> str:
-    """A local model dir for the LLM app: the configured path, or a tiny preset saved under output_root."""
-    m = cfg.llm.model
-    if m.path:
-        if not (Path(m.path) / "config.json").is_file():
-            from lathe.platform.errors import ConfigError
+    """A local HF model dir for the LLM app: a pretrained preset's converted dir, the configured
+    artifact (an adapter is merged into its recorded base, cached), or a tiny preset saved once."""
+    from lathe.platform.pretrained import PRETRAINED, pretrained_dir
 
-            raise ConfigError(f"llm.model.path: {m.path} is not a model directory (no config.json)")
-        return str(Path(m.path).resolve())
-    out = Path(cfg.output_root) / "serve_models" / f"{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
+    m = cfg.llm.model
+    cache = Path(cfg.output_root) / "serve_models"
+    if m.path:
+        from lathe.methods.peft.artifact import merged_dir
+
+        return str(merged_dir(m.path, cache).resolve())
+    if m.preset in PRETRAINED:
+        return str(pretrained_dir(m.preset))
+    out = cache / f"{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
     if not (out / "config.json").is_file():
         from lathe.data import qa
         from lathe.platform.zoo import resolve_source, save_pretrained
