@@ -138,6 +138,67 @@ class AgentsAppConfig(Strict):
         return self
 
 
+class LegoLLMConfig(Strict):
+    """Where the LEGO assistant's LLM comes from."""
+
+    backend: Literal["deployment", "openai", "scripted"] = Field(
+        "deployment", description="deployment: an LLM Serve deployment beside the app (through a handle); "
+                                  "openai: any OpenAI-compatible URL; scripted: fixed replies (tests only)")
+    model: ModelConfig | None = Field(
+        None, description="the deployment's model (a local HF dir or a preset); default: the embedded assistant, "
+                          "SmolLM2-135M-Instruct fine-tuned with MELoRA on the LEGO data (trained on first use, cached)")
+    engine: Literal["auto", "vllm", "transformers"] = "transformers"
+    max_model_len: int = Field(2048, ge=16)
+    max_tokens_limit: int = Field(512, ge=1)
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/llm/v1")
+    api_model: str | None = None
+    api_key_env: str | None = None
+    allow_remote: bool = False
+    script: list[tuple[str, str]] = Field(default_factory=list, description="scripted: [[regex, reply], ...]")
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=16)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "LegoLLMConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("llm.base_url: required with backend openai")
+        if self.backend == "scripted" and not self.script:
+            raise ValueError("llm.script: required with backend scripted")
+        return self
+
+
+class LegoAgentSettings(Strict):
+    mode: Literal["react_json", "function_calling"] = "react_json"
+    memory: Literal["window", "buffer"] = "window"
+    window_k: int = Field(5, ge=1)
+    max_tool_calls: int = Field(5, ge=1)
+    parse_retries: int = Field(2, ge=0)
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_new_tokens: int = Field(96, ge=1, description="per LLM call (the reference uses 512)")
+    open_model: bool = True
+    few_shot: bool = True
+    prompt_style: Literal["full", "compact"] = "compact"
+
+
+class LegoAppConfig(Strict):
+    route_prefix: str = Field("/", description="root, as the reference: ws://host:port/chatbot, POST /ask")
+    llm: LegoLLMConfig = LegoLLMConfig()
+    agent: LegoAgentSettings = LegoAgentSettings()
+    manual: str | None = Field(None, description="a manual JSON in the LEGO-MRTA layout; default: a generated one")
+    manual_seed: int = 0
+    manual_steps: int = Field(20, ge=1)
+    transport: Literal["simulator", "client"] = Field(
+        "simulator", description="simulator: tool calls answered locally; client: the XR client executes them")
+    tool_timeout_s: float = Field(1.0, gt=0, le=60, description="wait for a client's tool result (3.0 on headsets)")
+    session_ttl_s: float = Field(600, gt=0, description="a session (memory + scene) resumes within this time")
+    max_sessions: int = Field(256, ge=1)
+    fault_rate: float = Field(0.0, ge=0, le=1, description="simulator: CheckStepStatusVR fault injection")
+    vision: Literal["scene_state", "stub", "hf"] = "scene_state"
+    vision_path: str | None = None
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=64)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+    max_frame_bytes: int = Field(1 << 16, ge=256)
+
+
 class ServeConfig(JobConfig):
     """`lathe serve CONFIG`: which apps to deploy and how the HTTP proxy binds."""
 
@@ -149,11 +210,12 @@ class ServeConfig(JobConfig):
     llm: LLMAppConfig | None = None
     sandbox: SandboxAppConfig | None = None
     agents: AgentsAppConfig | None = None
+    lego: LegoAppConfig | None = None
 
     @model_validator(mode="after")
     def _something(self) -> "ServeConfig":
-        if self.retriever is None and self.llm is None and self.sandbox is None and self.agents is None:
-            raise ValueError("configure at least one app: retriever, llm, sandbox and/or agents")
+        if all(a is None for a in (self.retriever, self.llm, self.sandbox, self.agents, self.lego)):
+            raise ValueError("configure at least one app: retriever, llm, sandbox, agents and/or lego")
         if self.agents is not None:
             if self.sandbox is None:
                 raise ValueError("agents: needs the sandbox app (add a sandbox: section)")

@@ -33,6 +33,31 @@ def materialize_model(cfg: ServeConfig) -> str:
     return str(out.resolve())
 
 
+def lego_model_dir(cfg: ServeConfig) -> str:
+    """The LEGO assistant's LLM dir: the configured path or preset, else the embedded default."""
+    m = cfg.lego.llm.model
+    if m is None:
+        from lathe.jobs.lego_assistant import assistant_dir
+
+        return str(assistant_dir().resolve())
+    if m.path:
+        if not (Path(m.path) / "config.json").is_file():
+            from lathe.platform.errors import ConfigError
+
+            raise ConfigError(f"lego.llm.model.path: {m.path} is not a model directory (no config.json)")
+        return str(Path(m.path).resolve())
+    out = Path(cfg.output_root) / "serve_models" / f"lego-{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
+    if not (out / "config.json").is_file():
+        from lathe.methods.lego.finetune import build_rows
+        from lathe.methods.sft import row_text
+        from lathe.platform.zoo import resolve_source, save_pretrained
+
+        rows, _ = build_rows({"formats": ["v2", "agent"], "n_manuals": 2, "steps_per_manual": 10}, cfg.seed)
+        model, tok = resolve_source(m, [row_text(r) for r in rows], cfg.seed).load()
+        save_pretrained(model, tok, out)
+    return str(out.resolve())
+
+
 def deploy(cfg: ServeConfig) -> dict[str, str]:
     """Start Serve's HTTP proxy on cfg.http and run the configured apps; returns name -> URL."""
     from ray import serve
@@ -69,6 +94,23 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
         serve.run(build_agents(cfg.agents, token), name="agents", route_prefix=cfg.agents.route_prefix,
                   blocking=False)
         urls["agents"] = base + cfg.agents.route_prefix
+    if cfg.lego is not None:
+        from lathe.serve.lego_app import build_app as build_lego
+
+        llm_app = None
+        if cfg.lego.llm.backend == "deployment":
+            from lathe.platform.config import ModelConfig
+            from lathe.serve.config import LLMAppConfig
+            from lathe.serve.llm_app import build_app as build_llm
+
+            c = cfg.lego.llm
+            model_dir = lego_model_dir(cfg)
+            llm_cfg = LLMAppConfig(model=ModelConfig(path=model_dir), engine=c.engine, max_model_len=c.max_model_len,
+                                   max_tokens_limit=c.max_tokens_limit, replicas=c.replicas)
+            llm_app = build_llm(llm_cfg, model_dir, None)  # reached through a handle only: no HTTP route
+        serve.run(build_lego(cfg.lego, token, llm_app), name="lego", route_prefix=cfg.lego.route_prefix,
+                  blocking=False)
+        urls["lego"] = base + cfg.lego.route_prefix.rstrip("/")
     return urls
 
 
