@@ -133,3 +133,12 @@ def describe_tools() -> str:
                         + ("" if k in t.parameters["required"] else "?") for k, v in props.items())
         lines.append(f"- {t.name}({sig}): {t.description}")
     return "\n".join(lines)
+
+
+_MENTION = {n: __import__("re").compile(rf"(?<![A-Za-z0-9_]){n}(?![A-Za-z0-9_])") for n in TOOL_NAMES}
+
+
+def tools_mentioned(text: str) -> set[str]:
+    """The tool names mentioned in text: exact, case-sensitive, at word boundaries (so `NextStep(`
+    and `"NextStep"` count, `NextSteps` does not)."""
+    return {n for n, pat in _MENTION.items() if pat.search(text)}
