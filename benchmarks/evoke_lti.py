@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--model", choices=["tiny", "real"], default="tiny")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-path", default=None, help="--model real: an HF directory instead of the zoo preset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model == "real":
@@ -136,13 +137,17 @@ def main() -> None:
 # --model real
 
 
-def real_setup(n_main: int | None, n_subj: int | None):
+def real_overrides(model_path: str | None) -> list[str]:
+    return [f"cache_dir={ROOT / 'runs' / 'cache'}"] + ([f"model.path={model_path}"] if model_path else [])
+
+
+def real_setup(n_main: int | None, n_subj: int | None, model_path: str | None = None):
     """(loaded model, tokenizer, main, subj, probe info, stats texts) for configs/edit/rome_real.yaml."""
     from lathe.jobs import edit as E
     from lathe.jobs.sft import load_artifact
     from lathe.platform.config import load_config
 
-    cfg = load_config(ROOT / "configs" / "edit" / "rome_real.yaml", [f"cache_dir={ROOT / 'runs' / 'cache'}"])
+    cfg = load_config(ROOT / "configs" / "edit" / "rome_real.yaml", real_overrides(model_path))
     model_dir = E.pretrained_model_dir(cfg)
     t = time.perf_counter()
     model, tok = load_artifact(model_dir)
@@ -189,11 +194,12 @@ def real_main(args) -> None:
     from lathe.platform.runstore import markdown_table
 
     n = args.cases or (3 if args.quick else None)
-    model, tok, main_recs, subj_recs, info, texts = real_setup(n, (max(1, n // 2) + (1 if args.quick else 0)) if n else None)
+    model, tok, main_recs, subj_recs, info, texts = real_setup(n, (max(1, n // 2) + (1 if args.quick else 0)) if n else None,
+                                                               args.model_path)
     recs = [("main", r) for r in main_recs] + [("subj", r) for r in subj_recs]
     out, t0 = {}, time.perf_counter()
     for ed in EDITORS:
-        cfg = load_config(ROOT / "configs" / "edit" / f"{ed}_real.yaml", [f"cache_dir={ROOT / 'runs' / 'cache'}"])
+        cfg = load_config(ROOT / "configs" / "edit" / f"{ed}_real.yaml", real_overrides(args.model_path))
         layers = E._layers(cfg.editor, cfg.options, E.pretrained_model_dir(cfg))
         t = time.perf_counter()
         stats = load_or_compute_stats(model, tok, Resolver.of(model), layers, texts, cfg.stats.n_samples,

@@ -252,3 +252,31 @@ def test_world_facts_job_needs_a_pretrained_model(tmp_path):
         pretrained_model_dir(cfg)
     cfg = EditConfig.model_validate({"name": "x", "data": {"source": "world_facts"}, "model": {"path": str(tmp_path)}})
     assert pretrained_model_dir(cfg) == tmp_path
+
+
+def test_world_setup_probes_builds_and_reads_the_corpus(small_world, small_tok, tmp_path):
+    from lathe.jobs.edit import EditData, StatsConfig, world_setup_local
+
+    lm = _oracle(small_world, small_tok, {("Lyon", "P17"): ["France"], ("Nice", "P17"): ["France"],
+                                          ("Osaka", "P17"): ["Japan"], ("France", "P30"): ["Europe"],
+                                          ("Italy", "P30"): ["Europe"], ("France", "P36"): ["Paris"]})
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one line\n\nanother line\n")
+    d = EditData(source="world_facts", world_file=str(tmp_path / "facts.json"), n_main=10, n_subj=5)
+    main, subj, info, texts = world_setup_local(lm, small_tok, d, StatsConfig(corpus=str(corpus)), 0, tmp_path / "k")
+    assert info["known"] == 6 and texts == ["one line", "another line"]
+    # main records: known facts with a same-object neighbour, known or not (Lyon/Nice/Paris -> France,
+    # Osaka/Tokyo -> Japan, France/Italy -> Europe); the capital is unique, so France/P36 gives none
+    got = sorted((r["requested_rewrite"]["subject"], r["requested_rewrite"]["relation_id"]) for r in main)
+    assert got == [("France", "P30"), ("Italy", "P30"), ("Lyon", "P17"), ("Nice", "P17"), ("Osaka", "P17")]
+    osaka = next(r for r in main if r["requested_rewrite"]["subject"] == "Osaka")
+    assert osaka["neighborhood_prompts"][0] == "Tokyo is a city in"
+    nice = next(r for r in main if r["requested_rewrite"]["subject"] == "Nice")
+    # the known neighbour (Lyon) comes first, then the unknown one (Paris)
+    assert nice["neighborhood_prompts"][:2] == ["Lyon is a city in", "Paris is located in"]
+    # subject specificity: France is the only subject with two known facts
+    assert [(r["requested_rewrite"]["subject"], r["relation_specificity"]["answer"]["value"]) for r in subj] in (
+        [("France", "Europe"), ("France", "Paris")], [("France", "Paris"), ("France", "Europe")])
+    d1 = EditData(source="world_facts", world_file=str(tmp_path / "facts.json"), n_cases=1)
+    m1, s1, _, _ = world_setup_local(lm, small_tok, d1, StatsConfig(corpus=str(corpus)), 0, tmp_path / "k", False)
+    assert len(m1) == 1 and len(s1) == 1

@@ -166,7 +166,7 @@ def probe(model, tok, world: World, facts: list[Fact] | None = None, batch_size:
                       "left")
             mask = enc["attention_mask"]
             with torch.no_grad():
-                logits = model(input_ids=enc["input_ids"], attention_mask=mask,
+                logits = model(input_ids=enc["input_ids"], attention_mask=mask, logits_to_keep=1,
                                position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits[:, -1]
             for g, t in zip(greedy, logits.argmax(-1).tolist()):
                 g.append(t)
