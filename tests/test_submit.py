@@ -131,3 +131,41 @@ def test_submit_preflight_names_the_clusters_python(system_python_head, monkeypa
     job_id = capsys.readouterr().out.strip().splitlines()[-1]
     assert rc == 0
     main(["jobs", "stop", job_id, "--address", address])
+
+
+class _LocalJobs:
+    """A stand-in for JobSubmissionClient that runs each entrypoint with `sh` under a given PATH,
+    as a cluster's job supervisor would (no cluster needed)."""
+
+    def __init__(self, path: str):
+        self.path, self.jobs = path, {}
+
+    def submit_job(self, entrypoint, runtime_env, submission_id):
+        env = {"PATH": self.path, "HOME": os.environ.get("HOME", "/tmp"), **runtime_env["env_vars"]}
+        p = subprocess.run(["/bin/sh", "-c", entrypoint], env=env, capture_output=True, text=True, timeout=120)
+        self.jobs[submission_id] = ("SUCCEEDED" if p.returncode == 0 else "FAILED", p.stdout + p.stderr)
+        return submission_id
+
+    def get_job_status(self, job_id):
+        return type("S", (), {"value": self.jobs[job_id][0]})()
+
+    def get_job_logs(self, job_id):
+        return self.jobs[job_id][1]
+
+
+def test_preflight_script_reports_the_python_and_missing_modules(tmp_path):
+    from lathe.jobs.submit import preflight
+    from lathe.platform.errors import LatheError
+
+    env = {"working_dir": str(ROOT), "env_vars": {"HF_HUB_OFFLINE": "1"}}
+    venv = preflight(_LocalJobs(f"{Path(sys.executable).parent}:/usr/bin:/bin"), "python", env)
+    assert venv.startswith(str(Path(sys.executable).parent)) and "(Python 3." in venv
+    if Path("/usr/bin/python3").exists():
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "python").symlink_to("/usr/bin/python3")
+        with pytest.raises(LatheError, match=rf"the cluster runs {fake}/python \(Python 3\.[0-9.]+\), which cannot "
+                                             r"import torch.*; start the cluster with lathe's environment"):
+            preflight(_LocalJobs(f"{fake}:/usr/bin:/bin"), "python", env)
+    with pytest.raises(LatheError, match=r"the cluster cannot run `python` \(FAILED: .*not found\)"):
+        preflight(_LocalJobs(str(tmp_path / "empty")), "python", env)

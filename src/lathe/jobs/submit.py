@@ -38,13 +38,23 @@ _PREFLIGHT = (
 
 
 def _submit(c, entry: str, runtime_env: dict) -> str:
-    deadline = time.monotonic() + 60
+    import uuid
+
+    import requests
+
+    deadline = time.monotonic() + 120
+    sid, tried = f"lathe-{uuid.uuid4().hex[:12]}", False  # one id, so a retried submission is not run twice
     while True:
         try:
-            return c.submit_job(entrypoint=entry, runtime_env=runtime_env)
-        except RuntimeError as e:
-            # A head that just started answers before its job agent is up; that passes.
-            if "No available agent" in str(e) and time.monotonic() < deadline:
+            return c.submit_job(entrypoint=entry, runtime_env=runtime_env, submission_id=sid)
+        except (RuntimeError, requests.exceptions.ConnectionError) as e:
+            if tried and "already exists" in str(e):
+                return sid  # the dropped attempt did get through
+            tried = True
+            # A head that just started answers before its job agent is up, and a busy dashboard can
+            # drop a connection; both pass.
+            transient = isinstance(e, requests.exceptions.ConnectionError) or "No available agent" in str(e)
+            if transient and time.monotonic() < deadline:
                 time.sleep(2)
                 continue
             raise LatheError(f"job submission failed: {str(e).splitlines()[0]}") from None
