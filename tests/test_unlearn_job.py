@@ -81,6 +81,14 @@ def test_unlearn_pipeline_end_to_end(tmp_path, ray_local):
         assert (run.path / f).is_file(), f
     log = json.loads((run.path / "artifacts/retain_log.json").read_text())
     assert log["split"] == "forget10" and len(log["truth_ratio"]) == 3
+    # θ(α*) is written as an HF checkpoint with α, the base method and both fingerprints
+    from lathe.jobs.unlearn import fingerprint
+
+    meta = json.loads((run.artifacts / "uipe" / "uipe.json").read_text())
+    assert res["best_alpha"] is not None and meta["uipe_alpha"] == res["best_alpha"] and meta["base_method"] == "npo"
+    assert meta["theta_ini_fingerprint"] == fingerprint(res["target"])
+    assert meta["theta_un_fingerprint"] == fingerprint(run.artifacts / "unlearned")
+    assert (run.artifacts / "uipe" / "config.json").is_file()
     # cached θ_ini / θ_ret: a second request returns the same directory without training
     ds = load_dataset(cfg.data, cfg.seed)
     t0 = time.perf_counter()
