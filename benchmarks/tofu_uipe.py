@@ -126,26 +126,56 @@ def choose_alpha(by_alpha: dict[float, dict], retain: dict, val: dict) -> float:
     return pick_alpha(rows, floor)["alpha"]
 
 
-def bootstrap(seeds: list[dict], n_boot: int, rng: random.Random) -> dict:
-    """Paired bootstrap over test rows within every seed; statistics are means over seeds."""
+def _arrays(model: dict, ids: dict[str, list[str]]) -> dict:
+    """Per-row values on the given rows, as numpy arrays (bootstrap draws index into them)."""
+    import numpy as np
+
+    out = {}
+    for name in ("forget",) + UTILITY:
+        rows = {r["id"]: r for r in model[name]["rows"]}
+        sel = [rows[i] for i in ids[name]]
+        out[name] = {k: np.array([r[k] for r in sel], dtype=float) for k in
+                     (("truth_ratio",) if name == "forget" else ("truth_ratio", "prob", "rougeL_recall"))}
+    return out
+
+
+def _mu(a: dict, idx: dict) -> float:
+    import numpy as np
+
+    from lathe.eval import tofu as te
+
+    comps = []
+    for name in UTILITY:
+        v, i = a[name], idx[name]
+        comps += [float(v["prob"][i].mean()), float(v["rougeL_recall"][i].mean()),
+                  float(np.maximum(0.0, 1 - v["truth_ratio"][i]).mean())]
+    return te.model_utility(comps)
+
+
+def bootstrap(seeds: list[dict], n_boot: int, seed: int = 12345) -> dict:
+    """Paired bootstrap over test rows within every seed (the same resampled rows for α* and α = 0);
+    each statistic is the mean over seeds. Returns 95 % percentile intervals."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(seed)
+    pre = [(_arrays(s["star"], s["test"]), _arrays(s["zero"], s["test"]), _arrays(s["retain"], s["test"]))
+           for s in seeds]
     stats = {k: [] for k in ("fq_star", "fq_0", "d_fq", "mu_star", "mu_0", "d_mu")}
     for _ in range(n_boot):
-        acc = {k: 0.0 for k in stats}
-        for s in seeds:
-            t = s["test"]
-            ids = {k: [rng.choice(v) for _ in v] for k, v in t.items()}
-            fs, f0 = fq_on(s["star"], s["retain"], ids["forget"]), fq_on(s["zero"], s["retain"], ids["forget"])
-            ms, m0 = mu_on(s["star"], ids), mu_on(s["zero"], ids)
+        acc = dict.fromkeys(stats, 0.0)
+        for star, zero, ret in pre:
+            idx = {k: rng.integers(0, len(v["truth_ratio"]), len(v["truth_ratio"])) for k, v in star.items()}
+            r = ret["forget"]["truth_ratio"][idx["forget"]]
+            fs = float(ks_2samp(star["forget"]["truth_ratio"][idx["forget"]], r).pvalue)
+            f0 = float(ks_2samp(zero["forget"]["truth_ratio"][idx["forget"]], r).pvalue)
+            ms, m0 = _mu(star, idx), _mu(zero, idx)
             for k, v in (("fq_star", fs), ("fq_0", f0), ("d_fq", fs - f0), ("mu_star", ms), ("mu_0", m0),
                          ("d_mu", ms - m0)):
-                acc[k] += v / len(seeds)
+                acc[k] += v / len(pre)
         for k in stats:
             stats[k].append(acc[k])
-    out = {}
-    for k, v in stats.items():
-        v = sorted(v)
-        out[k] = [v[int(0.025 * (len(v) - 1))], v[int(math.ceil(0.975 * (len(v) - 1)))]]
-    return out
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in stats.items()}
 
 
 def main() -> None:
@@ -192,7 +222,6 @@ def main() -> None:
             print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
 
-    rng = random.Random(12345)
     rows, verdicts, memorised = [], {}, []
     for m in METHODS:
         seeds = []
@@ -211,7 +240,7 @@ def main() -> None:
             rows.append({"method": m, "seed": seed, "α* (val)": a_star, "test FQ α*": s["fq_star"],
                          "test FQ α=0": s["fq_0"], "test MU α*": s["mu_star"], "test MU α=0": s["mu_0"],
                          "job α* (all rows)": res["best_alpha"]})
-        ci = bootstrap(seeds, args.boot, rng)
+        ci = bootstrap(seeds, args.boot)
         mean = lambda k: sum(x[k] for x in seeds) / len(seeds)  # noqa: E731
         d_fq, d_mu, mu0 = mean("fq_star") - mean("fq_0"), mean("mu_star") - mean("mu_0"), mean("mu_0")
         holds = ci["d_fq"][0] > 0 and d_mu >= -0.05 * mu0
