@@ -178,6 +178,20 @@ def bootstrap(seeds: list[dict], n_boot: int, seed: int = 12345) -> dict:
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in stats.items()}
 
 
+def previous(cfg) -> tuple[Path, dict] | None:
+    """The newest finished run of exactly this config (its saved config and results.json)."""
+    import yaml
+
+    root = Path(cfg.output_root)
+    want = cfg.model_dump(mode="json")
+    for d in sorted(root.glob(f"{cfg.name}-*"), reverse=True):
+        if not (d / "results.json").is_file() or not (d / "config.yaml").is_file():
+            continue
+        if yaml.safe_load((d / "config.yaml").read_text()) == want:
+            return d, json.loads((d / "results.json").read_text())
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="UIPE α sweep over GA, GradDiff and NPO on synthetic TOFU")
     ap.add_argument("--quick", action="store_true")
@@ -188,6 +202,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="unlearning learning rate (default per scale)")
     ap.add_argument("--epochs", type=int, default=None, help="unlearning epochs (default per scale)")
     ap.add_argument("--no-enforce", action="store_true", help="report only; exit 0 even when the target is missed")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same scale, seed and method "
+                                                         "under runs/bench/tofu_uipe (resume an interrupted sweep)")
     args = ap.parse_args()
     if len(set(args.seeds)) < 3:
         ap.error("--seeds: at least 3 distinct seeds")
@@ -211,6 +227,9 @@ def main() -> None:
             ensure_sft("retain-forget10", sft_rows(c, ds, "retain"), c, ds, pre, src, False)
 
             def one(m: str, cfgs=cfgs) -> tuple[str, tuple[Path, dict]]:
+                done = previous(cfgs[m]) if args.reuse else None
+                if done is not None:
+                    return m, done
                 run = RunDir.create(cfgs[m])
                 return m, (run.path, UnlearnJob().run(cfgs[m], run, show_progress=False))
 
