@@ -74,7 +74,9 @@ def test_unlearn_pipeline_end_to_end(tmp_path, ray_local):
     assert res["fq_retain"] == 1.0  # the retain model against its own log
     assert [r["epoch"] for r in rows if r["alpha"] is None and r["epoch"] is not None] == [1]
     assert seen and all("loss" in r for r in seen)  # training records reach Tune's forward()
-    assert isinstance(res["best_fq"], float) and res["steps"] == 2
+    assert res["steps"] == 2
+    chosen = next(r for r in alpha_rows if r["alpha"] == res["best_alpha"])
+    assert res["best_fq"] == chosen["forget_quality"] and res["score"] == chosen["forget_quality"]
     # UIPE α=0 is θ_un: the final artifact and the α=0 row agree
     assert res["fq_unlearned"] == alpha_rows[0]["forget_quality"]
     for f in ("report.md", "results.json", "plots/fq_vs_mu.png", "artifacts/retain_log.json",
@@ -82,6 +84,14 @@ def test_unlearn_pipeline_end_to_end(tmp_path, ray_local):
         assert (run.path / f).is_file(), f
     log = json.loads((run.path / "artifacts/retain_log.json").read_text())
     assert log["split"] == "forget10" and len(log["truth_ratio"]) == 3
+    # θ(α*) is written as an HF checkpoint with α, the base method and both fingerprints
+    from lathe.jobs.unlearn import fingerprint
+
+    meta = json.loads((run.artifacts / "uipe" / "uipe.json").read_text())
+    assert res["best_alpha"] is not None and meta["uipe_alpha"] == res["best_alpha"] and meta["base_method"] == "npo"
+    assert meta["theta_ini_fingerprint"] == fingerprint(res["target"])
+    assert meta["theta_un_fingerprint"] == fingerprint(run.artifacts / "unlearned")
+    assert (run.artifacts / "uipe" / "config.json").is_file()
     # cached θ_ini / θ_ret: a second request returns the same directory without training
     ds = load_dataset(cfg.data, cfg.seed)
     t0 = time.perf_counter()

@@ -417,7 +417,8 @@ class UnlearnJob(Job):
         last_epoch = max(epochs)
 
         # Evaluation: cached θ_ini / θ_ret results, parallel Ray tasks for the rest.
-        eval_key = digest({"eval": cfg.eval.model_dump(mode="json"), "split": split, "sets": digest(sets)})
+        eval_key = digest({"eval": cfg.eval.model_dump(mode="json"), "split": split, "sets": digest(sets),
+                           "encoding": 2})  # 2: TOFU joint tokenisation (issue 17)
         ini_cache = target.parent / f"eval-{eval_key}.json"
         ret_cache = retain_dir.parent / f"eval-{eval_key}.json"
         specs: list[dict] = []
