@@ -238,8 +238,15 @@ def quality(device, quick: bool, seeds=(0, 1)) -> dict:
             if name == "meft":
                 m = Meft().apply(m, {**meft_cfg, "seed": seed})
             else:
-                # equal device state: r chosen so LoRA's (param+grad+2 moments) matches MEFT's buffers
-                m = P.get("lora").apply(m, {"r": 32, "lora_alpha": 64, "target_modules": LORA_TARGETS})
+                # equal device memory: LoRA's param + grad + 2 AdamW moments (16 B per parameter) sized
+                # to MEFT's device state (buffers + V-buffer grad + router with its grad and moments)
+                c, L = m.config, m.config.num_hidden_layers
+                d, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+                meft_bytes = L * (meft_cfg["on_gpu_size"] * 3 * d * 4 + meft_cfg["num_experts"] * d * 16)
+                per_r = L * 16 * (2 * d + 2 * (d + kv) + 2 * d + 3 * (d + c.intermediate_size))
+                r = max(1, round(meft_bytes / per_r))
+                out["lora_rank"] = r
+                m = P.get("lora").apply(m, {"r": r, "lora_alpha": 2 * r, "target_modules": LORA_TARGETS})
             opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
             g = torch.Generator().manual_seed(seed)
             state = 0
@@ -263,7 +270,7 @@ def quality(device, quick: bool, seeds=(0, 1)) -> dict:
                     correct, count = correct + c, count + n
             out.setdefault(name, []).append({"seed": seed, "train_fact_token_acc": correct / count,
                                              "device_state_bytes": state})
-    for name in out:
+    for name in ("meft", "lora"):
         out[name + "_mean_acc"] = statistics.mean(r["train_fact_token_acc"] for r in out[name])
     out["meft_helps"] = out["meft_mean_acc"] > out["lora_mean_acc"]
     return out

@@ -3,6 +3,9 @@ the references without importing Triton."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
 import sys
 
 import pytest
@@ -33,6 +36,45 @@ def test_cpu_uses_references_without_importing_triton():
     assert "lathe.kernels.triton_meft" not in sys.modules
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         K.masked_adapter(x, keys, values, slot, gate, mode="triton")
+
+
+_INTERPRET = r"""
+import torch
+from lathe.kernels import reference as R, triton_meft as TM
+torch.manual_seed(0)
+for T, dk, dv, n, k, need_dk in ((5, 40, 136, 12, 6, True), (3, 130, 7, 4, 1, False)):
+    x = torch.randn(T, dk, requires_grad=True)
+    K = torch.randn(n, dk, requires_grad=need_dk)
+    V = torch.randn(n, dv, requires_grad=True)
+    slot = torch.randint(0, n, (T, k)); slot[0, 0] = -1
+    gate = torch.randn(T, k, requires_grad=True)
+    ins = [t for t in (x, K, V, gate) if t.requires_grad]
+    a = R.masked_adapter(x, K, V, slot, gate); g = torch.randn_like(a)
+    ga = torch.autograd.grad(a, ins, g)
+    b = TM.masked_adapter(x, K, V, slot, gate)
+    gb = torch.autograd.grad(b, ins, g)
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    for u, v in zip(gb, ga):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+src = torch.randn(20, 130); ids = torch.tensor([3, 7, 7, 19, 0])
+out, ref = torch.full((8, 130), 5.0), torch.full((8, 130), 5.0)
+TM.gather_rows(src, ids, out); R.gather_rows(src, ids, ref)
+assert torch.equal(out, ref)
+assert not TM.gather_rows(src, ids[:0], out).any()
+d1, d2, rows = torch.zeros(20, 130), torch.zeros(20, 130), torch.randn(5, 130)
+TM.scatter_add_rows(d1, ids, rows); R.scatter_add_rows(d2, ids, rows)
+torch.testing.assert_close(d1, d2)
+print("INTERPRETED_OK")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (absent on the CPU install)")
+def test_triton_kernels_in_the_interpreter_equal_references():
+    """TRITON_INTERPRET=1 runs the same kernel code on CPU tensors: a check of the kernels' logic
+    wherever Triton is installed, GPU or not (the interpreter must be set before triton loads)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _INTERPRET], env=env, capture_output=True, text=True, timeout=600)
+    assert "INTERPRETED_OK" in out.stdout, out.stderr[-2000:]
 
 
 def _case(T=37, dk=200, dv=136, n=50, k=6, seed=0):

@@ -128,3 +128,24 @@ def test_two_workers_on_one_table_equal_one_process(ray_local):
             ray.kill(ray.get_actor(opts["actor_name"]))
         except ValueError:
             pass
+
+
+@pytest.mark.slow
+def test_sft_job_two_workers_share_one_table_actor(ray_local, tmp_path):
+    import json
+
+    from lathe.platform.config import load_config
+    from lathe.platform.registry import lookup
+    from lathe.platform.runstore import RunDir
+
+    cfg = load_config("configs/sft/meft_offload.yaml", [
+        "adapter.tables=actor", "ray.num_workers=2", "data.synthetic_size=64", "train.batch_size=8",
+        "train.max_steps=6", "train.checkpoint_every=3", "train.lr=3e-2", "adapter.num_neurons=128",
+        "adapter.num_experts=8", "adapter.topk=8", "adapter.on_gpu_size=64", f"output_root={tmp_path}"])
+    run = RunDir.create(cfg)
+    res = lookup("job", "sft")().run(cfg, run, show_progress=False)
+    assert res["final_loss"] < res["first_loss"] and res["workers"] == 2
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["meft_rows_sent"] <= 4 * 64 for r in rows if "meft_rows_sent" in r)
+    meta = json.loads((run.artifacts / "model" / "adapter_config.json").read_text())
+    assert meta["tables"] == "actor" and meta["actor_name"].startswith("lathe-meft-")

@@ -79,7 +79,8 @@ class MeftTableActor:
         return {"version": self.version, "rows_in": self.rows_in, "rows_out": self.rows_out,
                 "table_bytes": self.store.nbytes(), "layers": len(self.store.tables)}
 
-    async def table(self, layer: int, name: str) -> torch.Tensor:
+    async def table(self, layer: int, name: str, version: int = 0) -> torch.Tensor:
+        await self._wait(version)
         return self.store.table(layer, name)
 
 
@@ -123,7 +124,7 @@ class ActorStore:
         self.pending = []
 
     def table(self, layer: int, name: str) -> torch.Tensor:
-        return ray.get(self.actor.table.remote(layer, name))
+        return ray.get(self.actor.table.remote(layer, name, self.version))
 
     def nbytes(self) -> int:
         return ray.get(self.actor.stats.remote())["table_bytes"]

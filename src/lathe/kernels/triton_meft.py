@@ -21,8 +21,8 @@ def _gather_rows_kernel(src_ptr, ids_ptr, out_ptr, n, D, BLOCK: tl.constexpr):
     i = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < D
-    live = i < n
-    row = tl.load(ids_ptr + i, mask=live, other=0).to(tl.int64)
+    row = tl.load(ids_ptr + tl.minimum(i, n - 1)).to(tl.int64)  # rows past n: read a valid id, store 0
+    live = (tl.zeros([BLOCK], dtype=tl.int32) + i) < n
     vals = tl.load(src_ptr + row * D + cols, mask=cmask & live, other=0.0)
     tl.store(out_ptr + i.to(tl.int64) * D + cols, vals, mask=cmask)
 
@@ -41,6 +41,8 @@ def gather_rows(src: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> torc
     assert src.is_contiguous() and out.is_contiguous() and src.shape[1] == out.shape[1]
     ids = ids.contiguous()
     n_out, D = out.shape
+    if ids.numel() == 0:
+        return out.zero_()
     if n_out:
         grid = (n_out, triton.cdiv(D, BLOCK_D))
         _gather_rows_kernel[grid](src, ids, out, ids.numel(), D, BLOCK=BLOCK_D)

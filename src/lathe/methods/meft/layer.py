@@ -172,7 +172,11 @@ class MeftMLP(nn.Module):
             plan, moved = self._plan_and_copy(self._ship(xk, gates, probe), xk.device)
         kbuf, vbuf, ids_dev, slot_dev, done = moved
         if done is not None:
-            torch.cuda.current_stream(xk.device).wait_event(done)
+            main = torch.cuda.current_stream(xk.device)
+            main.wait_event(done)
+            for t in (ids_dev, slot_dev):  # made on the side stream, used (and freed) on this one
+                if t is not None:
+                    t.record_stream(main)
         self._live_ids = plan.ids
         kbuf.grad = vbuf.grad = None
         self.stats["union"] = float(plan.ids.numel())
