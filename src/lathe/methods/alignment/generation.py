@@ -38,7 +38,7 @@ def generate(model: torch.nn.Module, tok: Any, prompts: list[str], max_new_token
         sample = temperature > 0
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=sample, temperature=temperature if sample else None,
+                             min_new_tokens=1, do_sample=sample, temperature=temperature if sample else None,
                              top_p=top_p if sample else None, top_k=None if sample else None,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         for j, i in enumerate(idx):
