@@ -280,6 +280,8 @@ class PassageIndex:
         self.bm25.index([Tool(p["id"], passage_string(p), passage_string(p)) for p in passages])
 
     def search(self, query: str, k: int = 10) -> list[dict]:
+        if not query.strip():
+            return []
         return [self.by_id[i] for i, _ in self.bm25.search([query], k=min(k, len(self.by_id)))[0]]
 
 

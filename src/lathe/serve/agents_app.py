@@ -49,6 +49,17 @@ class GenGroundRequest(BaseModel):
     stream: bool = False
 
 
+def load_corpus(cfg) -> tuple[list[dict], list[dict]]:
+    from lathe.data import multihop as mh
+
+    if cfg.questions:
+        rows, passages = mh.load_questions(cfg.questions, cfg.questions_format)
+        if cfg.passages:
+            passages = mh.load_passages(cfg.passages)
+        return rows, passages
+    return mh.generate(cfg.corpus_seed)
+
+
 @serve.deployment(name="PassageRetriever")
 class PassageRetriever:
     """BM25 over the passage corpus; `search(query, k)` -> ["Title: ... Text: ..."]."""
@@ -72,15 +83,10 @@ class PassageRetriever:
         return {"passages": self.size}
 
 
-def load_corpus(cfg) -> tuple[list[dict], list[dict]]:
-    from lathe.data import multihop as mh
-
-    if cfg.questions:
-        rows, passages = mh.load_questions(cfg.questions, cfg.questions_format)
-        if cfg.passages:
-            passages = mh.load_passages(cfg.passages)
-        return rows, passages
-    return mh.generate(cfg.corpus_seed)
+# module helpers sit above the deployments: Serve captures a class's globals when it is decorated
+def _message(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[-1] if text else type(e).__name__)[:500]
 
 
 def _sse(event: dict) -> str:
@@ -91,7 +97,6 @@ def _sse(event: dict) -> str:
 @serve.ingress(api)
 class AgentsServer:
     def __init__(self, cfg: dict, passages, token: str | None = None):
-        from lathe.data.restbench import tool_from_json, Task
         from lathe.serve.config import AgentsAppConfig
 
         self.cfg = AgentsAppConfig.model_validate(cfg)
@@ -101,19 +106,31 @@ class AgentsServer:
             if self.cfg.llm.kind == "handle" else None
         self.passages = passages
         self.tools, self.tasks = {}, {}
-        for d in ("tmdb", "spotify"):
-            try:
-                docs = self.sandbox.tools.remote(d).result(timeout_s=60)
-            except Exception:  # noqa: BLE001 - a domain the sandbox does not serve
-                continue
-            self.tools[d] = [tool_from_json(t | {"domain": d}, f"sandbox tool {i}") for i, t in enumerate(docs)]
-            rows = self.sandbox.tasks.remote(d).result(timeout_s=60)
-            self.tasks[d] = {r["q_id"]: Task(q_id=r["q_id"], query=r["query"], solution=r["solution"],
-                                             answer=r.get("answer"), domain=d, plan=r.get("plan")) for r in rows}
+        self._loaded, self._load_lock = False, asyncio.Lock()
         rows, plist = load_corpus(self.cfg)
         self.questions = {r["qid"]: r for r in rows}
         self.passage_by_id = {p["id"]: p for p in plist}
         self.requests = 0
+
+    async def _ensure_loaded(self) -> None:
+        """Tool docs and tasks from the sandbox, awaited on first use (never block in a constructor)."""
+        from lathe.data.restbench import Task, tool_from_json
+
+        if self._loaded:
+            return
+        async with self._load_lock:
+            if self._loaded:
+                return
+            for d in ("tmdb", "spotify"):
+                try:
+                    docs = await self.sandbox.tools.remote(d)
+                except Exception:  # noqa: BLE001 - a domain the sandbox does not serve
+                    continue
+                self.tools[d] = [tool_from_json(t | {"domain": d}, f"sandbox tool {i}") for i, t in enumerate(docs)]
+                rows = await self.sandbox.tasks.remote(d)
+                self.tasks[d] = {r["q_id"]: Task(q_id=r["q_id"], query=r["query"], solution=r["solution"],
+                                                 answer=r.get("answer"), domain=d, plan=r.get("plan")) for r in rows}
+            self._loaded = True
 
     # -- clients
     def _llm(self, oracle_for=None):
@@ -292,23 +309,20 @@ class AgentsServer:
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @api.get("/healthz")
-    def healthz(self) -> dict:
+    async def healthz(self) -> dict:
+        await self._ensure_loaded()
         return {"status": "ok", "llm": self.cfg.llm.kind, "domains": sorted(self.tools),
                 "tasks": {d: len(t) for d, t in self.tasks.items()}, "questions": len(self.questions),
                 "knowledge_mode": self.cfg.knowledge_mode, "requests": self.requests}
 
     @api.post("/conagents/run")
     async def conagents(self, req: ConAgentsRequest):
+        await self._ensure_loaded()
         return await self._respond(self._conagents_job(req), req.stream)
 
     @api.post("/genground/answer")
     async def genground(self, req: GenGroundRequest):
         return await self._respond(self._genground_job(req), req.stream)
-
-
-def _message(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[-1] if text else type(e).__name__)[:500]
 
 
 def build_app(cfg, token: str | None = None):

@@ -210,6 +210,7 @@ class GenGround:
             out = self._chat(deduce_messages(question, history + f"Thought {i}:", self.cfg), "deduce",
                              stop=[f"Thought {i + 1}", "\nThought"])
             q, a = parse_deduction(f"Thought {i}:" + out if not out.lstrip().startswith("Thought") else out, i)
+            q = q or question  # nothing usable: retrieve with the question itself
             if a is None:
                 retry = self._chat(deduce_messages(question, history + f"Thought {i}: {q}\nAnswer: ", self.cfg),
                                    "deduce", stop=["\n"])
