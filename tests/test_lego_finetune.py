@@ -98,12 +98,12 @@ def test_finetuned_tiny_model_drives_a_5_turn_session_to_the_last_step(ray_local
                     "data": {"builder": "lego", "max_length": 192, "builder_options": {
                         "formats": ["agent"], "n_manuals": 10, "steps_per_manual": 5, "agent_sessions": 4,
                         "agent_other_rate": 0.0, "agent_question_rate": 0.0, "agent_window_k": 2, "eval_limit": 0}},
-                    "train": {"max_steps": 100, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5,
+                    "train": {"max_steps": 150, "batch_size": 8, "lr": 5e-3, "warmup_steps": 5,
                               "checkpoint_every": 1000},
                     "ray": {"num_workers": 1}}, "test")
     res = lookup("job", "sft")().run(cfg, RunDir.create(cfg), show_progress=False)
     model, tok = load_artifact(res["artifact"])
-    llm = TransformersChat(model, tok, max_context=512)
+    llm = TransformersChat(model, tok, max_context=256)  # the context it was trained on (192 + the reply)
     manual = generate_manual(4242, 5)  # a manual it never saw
     sim = AssemblySimulator(manual=manual)
     agent = CerebralAgent(llm, manual, AgentConfig(prompt_style="compact", window_k=2, max_new_tokens=64))
