@@ -61,7 +61,10 @@ def test_qlora_sft_20_steps_on_v2_then_metrics_script(ray_local, tmp_path, capsy
     from lathe.platform.registry import lookup
     from lathe.platform.runstore import RunDir
 
-    cfg = load_config("configs/lego/finetune_qlora.yaml", [
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "lego" / "finetune_qlora.yaml", [
         f"output_root={tmp_path}", "model.preset=tiny-1m", "model.tokenizer_vocab=512", "train.max_steps=20",
         "train.batch_size=4", "train.grad_accum=1", "train.precision=auto", "train.lr=5e-3", "data.max_length=96",
         "data.builder_options.n_manuals=3", "data.builder_options.steps_per_manual=10",
@@ -95,12 +98,12 @@ def test_finetuned_tiny_model_drives_a_5_turn_session_to_the_last_step(ray_local
                     "data": {"builder": "lego", "max_length": 192, "builder_options": {
                         "formats": ["agent"], "n_manuals": 10, "steps_per_manual": 5, "agent_sessions": 4,
                         "agent_other_rate": 0.0, "agent_question_rate": 0.0, "agent_window_k": 2, "eval_limit": 0}},
-                    "train": {"max_steps": 100, "batch_size": 8, "lr": 3e-3, "warmup_steps": 5,
+                    "train": {"max_steps": 150, "batch_size": 8, "lr": 5e-3, "warmup_steps": 5,
                               "checkpoint_every": 1000},
                     "ray": {"num_workers": 1}}, "test")
     res = lookup("job", "sft")().run(cfg, RunDir.create(cfg), show_progress=False)
     model, tok = load_artifact(res["artifact"])
-    llm = TransformersChat(model, tok, max_context=512)
+    llm = TransformersChat(model, tok, max_context=256)  # the context it was trained on (192 + the reply)
     manual = generate_manual(4242, 5)  # a manual it never saw
     sim = AssemblySimulator(manual=manual)
     agent = CerebralAgent(llm, manual, AgentConfig(prompt_style="compact", window_k=2, max_new_tokens=64))
@@ -111,3 +114,23 @@ def test_finetuned_tiny_model_drives_a_5_turn_session_to_the_last_step(ray_local
         assert out.answer
     assert sim.current_step == manual.n_steps == 5
     assert called[0] == "StartAssemble" and called.count("NextStep") >= 4
+
+
+@pytest.mark.slow
+def test_embedded_default_smollm2_drives_a_5_turn_session(ray_local):
+    """The embedded default (SmolLM2-135M-Instruct + MELoRA, trained on first use and cached) completes a
+    scripted assembly session through its own tool calls."""
+    from lathe.data.lego import generate_manual
+    from lathe.jobs.lego_assistant import assistant_dir
+    from lathe.methods.agents.llm import TransformersChat
+    from lathe.methods.lego import AssemblySimulator
+    from lathe.methods.lego.agent import AgentConfig, CerebralAgent
+
+    llm = TransformersChat.from_dir(str(assistant_dir(show_progress=False)), max_context=2048)
+    manual = generate_manual(4242, 5)
+    sim = AssemblySimulator(manual=manual)
+    agent = CerebralAgent(llm, manual, AgentConfig(prompt_style="compact", max_new_tokens=64))
+    called = []
+    for utterance in ["Let's start assembling, please."] + ["Done with this one, next step please."] * 4:
+        agent.run_turn(utterance, lambda n, a: called.append(n) or sim.call(n, a))
+    assert sim.current_step == 5 and "NextStep" in called

@@ -103,6 +103,16 @@ def test_client_transport_answer_and_timeout():
     assert sent == ["ToolUnity: NextStep", "AI: Now step 2."]
     assert agent.llm.prompts[-1][-1]["content"].endswith("got a response: now at step 2")
 
+    async def stray():
+        s, sent, _, _ = _session("v2", "client")
+        await s.handle(json.dumps({"type": "tool_result", "id": "nope", "text": "x"}))
+        s1, sent1, _, _ = _session("v1", "client")
+        await s1.handle("Unity: hello")
+        return [json.loads(x)["code"] for x in sent], sent1
+
+    codes, v1_sent = _run(stray())
+    assert codes == ["unknown_call"] and v1_sent[0].startswith("Error: Unity: frame but no tool request")
+
 
 def test_malformed_frames_get_error_frames_and_the_session_goes_on():
     async def go():
@@ -110,7 +120,7 @@ def test_malformed_frames_get_error_frames_and_the_session_goes_on():
         for bad in ("{not json", json.dumps([1]), json.dumps({"type": "dance"}), json.dumps({"type": "human"}),
                     json.dumps({"type": "human", "id": 1, "text": ""}),
                     json.dumps({"type": "event", "kind": "smell", "payload": {}}),
-                    json.dumps({"type": "tool_result", "id": "nope", "text": "x"}),
+                    json.dumps({"type": "tool_result", "id": "nope", "text": "x"}),  # ignored: simulator transport
                     json.dumps({"type": "human", "id": 1, "session": "other", "text": "hi"})):
             await s.handle(bad)
         await s.handle(json.dumps({"type": "event", "kind": "gesture", "payload": {"g": "point"}}))
@@ -120,8 +130,7 @@ def test_malformed_frames_get_error_frames_and_the_session_goes_on():
 
     frames, agent = _run(go())
     codes = [f.get("code") for f in frames if f["type"] == "error"]
-    assert codes == ["bad_json", "bad_frame", "unknown_type", "bad_frame", "bad_frame", "bad_frame",
-                     "unknown_call", "bad_session"]
+    assert codes == ["bad_json", "bad_frame", "unknown_type", "bad_frame", "bad_frame", "bad_frame", "bad_session"]
     assert all("\n" not in f["message"] for f in frames if f["type"] == "error")
     assert [f["type"] for f in frames[-2:]] == ["tool_call", "ai"]
     assert agent.llm.prompts[0][-1]["content"].startswith("[context] gesture")

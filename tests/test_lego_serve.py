@@ -59,15 +59,35 @@ def app(ray_local):
     urls = deploy(cfg)
     client_cfg = LegoAppConfig.model_validate({**lego, "transport": "client", "route_prefix": "/client"})
     serve.run(build_app(client_cfg, TOKEN), name="lego-client", route_prefix="/client", blocking=False)
+    # the LLM as its own deployment, reached through a handle (a tiny preset: the plumbing, not the quality)
+    from lathe.platform.config import ModelConfig
+    from lathe.serve.config import LLMAppConfig
+    from lathe.serve.deploy import lego_model_dir
+    from lathe.serve.llm_app import build_app as build_llm
+
+    handle_cfg = ServeConfig.model_validate({"job": "serve", "output_root": str(tmp_root(ray_local)), "lego": {
+        **lego, "route_prefix": "/handle", "agent": {"max_new_tokens": 8, "parse_retries": 0, "max_tool_calls": 1},
+        "llm": {"backend": "deployment", "model": {"preset": "tiny-1m", "tokenizer_vocab": 256},
+                "replicas": {"num_cpus": 0.25}}}})
+    model_dir = lego_model_dir(handle_cfg)
+    llm_app = build_llm(LLMAppConfig(model=ModelConfig(path=model_dir), engine="transformers",
+                                     replicas={"num_cpus": 0.25}), model_dir, None)
+    serve.run(build_app(handle_cfg.lego, TOKEN, llm_app), name="lego-handle", route_prefix="/handle", blocking=False)
     base = f"http://127.0.0.1:{port}"
     assert urls["lego"] == base
-    _wait(base + "/healthz")
-    _wait(base + "/client/healthz")
+    for prefix in ("", "/client", "/handle"):
+        _wait(base + prefix + "/healthz")
     yield base, f"ws://127.0.0.1:{port}"
-    serve.delete("lego")
-    serve.delete("lego-client")
+    for name in ("lego", "lego-client", "lego-handle"):
+        serve.delete(name)
     serve.shutdown()
     os.environ.pop("LEGO_TEST_TOKEN", None)
+
+
+def tmp_root(_):
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="lego-serve-")
 
 
 def _recv_until_ai(ws, v2=True, limit=10):
@@ -165,3 +185,12 @@ def test_ask_and_session_resume(app):
         _recv_until_ai(ws)
     r3 = httpx.post(base + "/ask", json={"text": "next", "session": "s-ask"}, headers=AUTH, timeout=60).json()
     assert r3["state"]["current_step"] == 5
+
+
+def test_llm_deployment_through_a_handle(app):
+    base, _ = app
+    r = httpx.post(base + "/handle/ask", json={"text": "next step please"}, headers=AUTH, timeout=300)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body["answer"], str) and body["answer"] and body["state"]["n_steps"] == 10
+    assert httpx.get(base + "/handle/healthz", timeout=30).json()["llm"] == "deployment"

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, HTTPException, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +42,7 @@ class Session:
     agent: object
     sim: object
     last_seen: float
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one turn at a time per session
 
 
 def make_llm(cfg, handle=None):
@@ -97,7 +99,8 @@ class Assistant:
 
     def ask(self, text: str, sid: str | None) -> dict:
         sid, s = self.session(sid)
-        out = s.agent.run_turn(text, s.sim.call)
+        with s.lock:
+            out = s.agent.run_turn(text, s.sim.call)
         s.last_seen = time.monotonic()
         return {"answer": out.answer, "session": sid, "state": s.sim.state(),
                 "tool_calls": [{"name": c["name"], "args": c["args"], "observation": c["observation"]}
@@ -109,7 +112,12 @@ class Assistant:
 
         sid, s = self.session(sid)
         chat.session_id = sid
-        chat.run_turn, chat.local_execute, chat.wrap = s.agent.run_turn, s.sim.call, wrap
+
+        def run_turn(text, execute):
+            with s.lock:
+                return s.agent.run_turn(text, execute)
+
+        chat.run_turn, chat.local_execute, chat.wrap = run_turn, s.sim.call, wrap
 
         def on_event(f: EventFrame) -> None:
             s.last_seen = time.monotonic()

@@ -210,6 +210,8 @@ class ChatSession:
             self.on_event(frame)
 
     def _on_tool_result(self, frame: ToolResultFrame) -> None:
+        if self.transport == "simulator":
+            return  # the simulator answered already; a client echoing results is harmless
         fut = self._pending.get(str(frame.id))
         if fut is None or fut.done():
             raise ProtocolError("unknown_call", f"tool_result.id: no pending tool_call {frame.id!r}")
@@ -218,6 +220,8 @@ class ChatSession:
         fut.set_result(frame.text if frame.ok else f"Error: {frame.text}")
 
     def _resolve_v1(self, body: str) -> None:
+        if self.transport == "simulator":
+            return  # Unity answers every ToolUnity request; with the simulator transport it is not needed
         fut = self._v1_waiting
         if fut is None or fut.done():
             raise ProtocolError("unknown_call", "Unity: frame but no tool request is pending")
