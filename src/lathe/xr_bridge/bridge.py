@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Literal
 
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from lathe.platform.config import Strict
@@ -40,6 +43,7 @@ from lathe.serve.lego_protocol import (CLOSE_BAD_TOKEN, TIMEOUT_OBSERVATION, V2_
 from lathe.xr_bridge.scene import ManualScene, View
 from lathe.xr_bridge.sendq import CLOSE_TOO_SLOW, SendQueue
 
+log = logging.getLogger("lathe.xr_bridge")
 CLOSE_BAD_ORIGIN = 4003
 TOKEN_SUBPROTOCOL = "lathe.token."
 WEB = Path(__file__).resolve().parent / "web"
@@ -94,8 +98,8 @@ class Connection:
         self.chat = ChatSession(self.queue.put_text, version, run_turn=lambda t, e: None, transport=transport,
                                 local_execute=lambda n, a: "", tool_timeout_s=bridge.cfg.lego.tool_timeout_s,
                                 on_session=self.bind)
-        self.chat.on("scene", Connection._on_scene)
-        self.chat.on("action", Connection._on_action)
+        self.chat.on("scene", lambda chat, frame: self._on_scene(frame))
+        self.chat.on("action", lambda chat, frame: self._on_action(frame))
         self.session = None
 
     def bind(self, chat: ChatSession, sid: str | None) -> None:
@@ -227,9 +231,13 @@ class XRBridge:
                 if len(data) > limit:
                     await conn.chat.send_error("too_large", f"frame of {len(data)} bytes exceeds {limit}")
                     continue
-                await conn.chat.handle(data)
-        except Exception:  # a vanished client: the others keep being served
-            pass
+                try:
+                    await conn.chat.handle(data)
+                except Exception as e:  # a bug on our side for this frame: say so, keep the socket
+                    log.warning("xr bridge: frame failed: %s: %s", type(e).__name__, e)
+                    await conn.chat.send_error("internal", f"{type(e).__name__}: {e}"[:300])
+        except Exception as e:  # a vanished client: the others keep being served
+            log.debug("xr bridge: connection ended: %s: %s", type(e).__name__, e)
         finally:
             self.connections.discard(conn)
             await conn.close()
@@ -247,9 +255,6 @@ class XRBridge:
         return self.scene.view(s.sim.state())
 
     def app(self):
-        from fastapi import FastAPI, HTTPException, Request, WebSocket
-        from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-
         from lathe.platform.errors import LatheError
         from lathe.xr_bridge import assets
 
@@ -356,7 +361,7 @@ class BridgeServer:
 
         config = uvicorn.Config(self.bridge.app(), host=self.host, port=self.port, log_level="warning",
                                 ws_max_size=max(1 << 20, 4 * self.bridge.cfg.lego.max_frame_bytes),
-                                lifespan="off", ws="websockets")
+                                lifespan="off", ws="websockets-sansio")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="lathe-xr-bridge", daemon=True)
         self._thread.start()
