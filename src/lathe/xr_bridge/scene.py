@@ -142,6 +142,7 @@ class ManualScene:
         self._shapes: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._glb = _LRU(cache_size)
         self._png = _LRU(max(16, cache_size // 4))
+        self._diffs = _LRU(cache_size)
         self.stats = {"mesh_builds": 0, "glb_builds": 0, "png_renders": 0}
 
     # --- views -----------------------------------------------------------------------------
@@ -267,6 +268,12 @@ class ManualScene:
                 "highlight": list(view.highlight), "root": self._root(view), "step_text": self.step_text(view.step)}
 
     def diff_frame(self, old: View, new: View) -> dict:
+        """`_diff` cached per (old, new) pair: clients moving through the same steps share it."""
+        with self._lock:
+            out, _ = self._diffs.get_or((old.key, new.key), lambda: self._diff(old, new))
+            return out
+
+    def _diff(self, old: View, new: View) -> dict:
         """Payload that turns a client showing `old` into `new`: a GLB of the bricks that appeared
         (omitted when none did), ids that disappeared, the highlight set, moved bricks, the root."""
         old_pose = dict(zip(old.visible, old.poses))
