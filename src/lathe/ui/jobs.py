@@ -121,7 +121,7 @@ _ERROR = re.compile(r"^lathe: error: (.+)$", re.MULTILINE)
 
 def clean_log(text: str) -> str:
     """A progress bar redraws with \\r; keep the last state of each line."""
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
 def parse_progress(log: str) -> tuple[float | None, str]:
