@@ -41,8 +41,8 @@ def tiny_dir(tmp_path_factory):
     return str(save_pretrained(model, tok, tmp_path_factory.mktemp("edit-model")))
 
 
-def _run(tmp_path, editor, **extra):
-    data = {"job": "edit", "name": f"t-{editor}", "editor": editor, "options": OPTS[editor],
+def _run(tmp_path, editor, options=None, **extra):
+    data = {"job": "edit", "name": f"t-{editor}", "editor": editor, "options": options or OPTS[editor],
             "cache_dir": str(tmp_path.parent / "edit-cache"), "output_root": str(tmp_path), **BASE,
             "protocol": {"generation_log": 1}, **extra}
     cfg = validate(data, "test")
@@ -63,21 +63,44 @@ def _check(run, res, n):
 
 
 def test_edit_job_rome_single_on_model_path(ray_local, tmp_path, tiny_dir):
-    """5 records (4 main + 1 subj) through a pool of 2 edit actors; restore checked in the workers."""
-    run, res = _run(tmp_path, "rome", model={"path": tiny_dir},
-                    data={**BASE["data"], "n_main": 4})
+    """5 records (4 main + 1 subj) through a pool of 2 edit actors. Every case's pre-edit scores
+    equal the unedited model's (so each actor restored its weights before the next case), the
+    post-edit scores moved o* up, and the first cases are marked restore-checked."""
+    from lathe.data import evoke
+    from lathe.eval import evoke as ev
+    from lathe.jobs.sft import load_artifact
+
+    opts = {**OPTS["rome"], "v_lr": 2.0, "v_num_grad_steps": 8, "v_weight_decay": 1e-3, "clamp_norm_factor": 50.0}
+    run, res = _run(tmp_path, "rome", model={"path": tiny_dir}, data={**BASE["data"], "n_main": 4}, options=opts)
     _check(run, res, 5)
     assert "efficacy" in res["summary"]["post"] and "subject_specificity.EOS" in res["summary"]["post"]
     assert res["knowledge"]["cached"] is None and res["workers"] == 2
-    assert {r["set"] for r in map(lambda p: json.loads(p.read_text()), (run.path / "cases").glob("*.json"))} \
-        == {"main", "subj"}
+    rows = {(r["set"], r["case_id"]): r for r in map(lambda p: json.loads(p.read_text()), (run.path / "cases").glob("*.json"))}
+    assert {k[0] for k in rows} == {"main", "subj"}
+    main, subj, _ = evoke.evoke_synthetic(0, 4, BASE["data"]["n_subj"], BASE["data"]["n_relations"])
+    model, tok = load_artifact(tiny_dir)
+    sc = ev.Scorer(model.eval(), tok)
+    for kind, recs, fn in (("main", main, ev.score_main), ("subj", subj, ev.score_subj)):
+        for r in recs:
+            want = fn(sc, r)
+            got = rows[(kind, r["case_id"])]["pre"]
+            assert got.keys() == want.keys()
+            assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9) for k in want), (kind, r["case_id"])
+    pre, post = res["summary"]["pre"], res["summary"]["post"]
+    assert post["efficacy"] > pre["efficacy"] and post["paraphrase"] >= pre["paraphrase"]
+    assert post["relation_specificity.DP"] != pre["relation_specificity.DP"]
+    assert sum(r["restored_checked"] for r in rows.values()) == 5  # 2 actors x (first 3 of their cases)
 
 
 @pytest.mark.slow
 def test_edit_job_rome_single_learns_graph_first(ray_local, tmp_path):
-    run, res = _run(tmp_path, "rome")
+    own = str(tmp_path / "own-cache")
+    run, res = _run(tmp_path, "rome", cache_dir=own)
     _check(run, res, 4)
-    assert res["knowledge"]["cached"] in (True, False)
+    assert res["knowledge"]["cached"] is False and res["knowledge"]["sft_steps"] == 6
+    run2, res2 = _run(tmp_path, "rome", cache_dir=own)  # the graph-trained model is reused
+    assert res2["knowledge"]["cached"] is True and res2["knowledge"]["dir"] == res["knowledge"]["dir"]
+    assert res2["summary"] == res["summary"]
 
 
 @pytest.mark.slow

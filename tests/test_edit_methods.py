@@ -235,17 +235,203 @@ def test_metrics_on_hand_computed_toy():
     assert "multi_hop.EOS" not in no_port
 
 
-def test_single_restores_sequential_does_not(world):
+@pytest.fixture(scope="module")
+def world_dir(world, tmp_path_factory):
+    from lathe.platform.zoo import save_pretrained
+
+    model, tok = world[0], world[1]
+    return str(save_pretrained(model, tok, tmp_path_factory.mktemp("edit-world")))
+
+
+def test_single_restores_sequential_does_not(world, world_dir):
+    """Both protocols through the edit worker (in process): after single edits every parameter is
+    bitwise the unedited one; after three sequential edits the rewrite weight has moved, and the
+    cumulative edits change the post-edit scores."""
+    from lathe.jobs.edit import EditWorker
+
     model, tok, main, _, _, stats = world
-    mod, cfg = editor_config("rome", {**FAST, "layer": 1, "v_num_grad_steps": 3})
+    opts = {**FAST, "layer": 1, "v_num_grad_steps": 3}
     orig = {n: p.detach().clone() for n, p in model.named_parameters()}
-    results = []
-    for r in main[:3]:
-        results.append(mod.apply(model, tok, [evoke.EditRequest.from_record(r)], cfg, stats))
-    changed = any(not torch.equal(p, orig[n]) for n, p in model.named_parameters())
-    assert changed
-    restore(model, results[0].originals)  # the first snapshot holds the pre-sequence weights
-    assert all(torch.equal(p, orig[n]) for n, p in model.named_parameters())
+    recs = [("main", r) for r in main[:3]]
+    single = EditWorker(world_dir, "rome", opts, stats, 1, 0)
+    rows = single.run_batches([[x] for x in recs], check_restore=3, gen_log=0)
+    assert all(torch.equal(p, orig[n]) for n, p in single.model.named_parameters())
+    assert single.weights_changed() == [] and all(r["restored_checked"] for r in rows)
+    seq = EditWorker(world_dir, "rome", opts, stats, 1, 0)
+    out = seq.run_sequential(recs, None)
+    assert seq.weights_changed() == ["model.layers.1.mlp.down_proj.weight"]
+    assert [r["pre"] for r in out["rows"]] == [r["pre"] for r in rows]  # both start from the same model
+    assert any(a["post"] != b["post"] for a, b in zip(out["rows"], rows))
+
+
+def test_restore_check_covers_every_parameter(world, world_dir):
+    """An editor that changes a tensor it does not report is caught by the restore check; only
+    the first `check_restore` cases are marked checked."""
+    from lathe.jobs.edit import EditWorker
+    from lathe.methods.editing import common as CC
+
+    _, _, main, _, _, stats = world
+    w = EditWorker(world_dir, "rome", {**FAST, "layer": 1, "v_num_grad_steps": 2}, stats, 1, 0)
+    recs = [[("main", r)] for r in main[:3]]
+    rows = w.run_batches(recs, check_restore=1, gen_log=0)
+    assert [r["restored_checked"] for r in rows] == [True, False, False]
+
+    class Sloppy:  # edits layer 1 properly, but also nudges one embedding entry past the first 4 KiB
+        @staticmethod
+        def apply(model, tok, reqs, cfg, stats_, templates):
+            res = w.mod_real.apply(model, tok, reqs, cfg, stats_, templates)
+            with torch.no_grad():
+                model.model.embed_tokens.weight[-1, -1] += 1e-3
+            return res
+
+    w.mod_real, w.mod = w.mod, Sloppy
+    with pytest.raises(RuntimeError, match="restore failed: 1 parameters .*embed_tokens"):
+        w.run_batches(recs[:1], check_restore=1, gen_log=0)
+    # the fingerprint hashes the whole tensor, not its first bytes
+    t = torch.zeros(4096)
+    u = t.clone()
+    u[-1] = 1.0
+    assert CC.tensor_fingerprint(t) != CC.tensor_fingerprint(u)
+    assert CC.tensor_fingerprint(t.to(torch.bfloat16)) != CC.tensor_fingerprint(u.to(torch.bfloat16))
+
+
+def test_model_fingerprint_sees_the_whole_tensor(world):
+    import copy
+
+    model = copy.deepcopy(world[0])
+    fp = C.model_fingerprint(model)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[-1, -1] += 1.0  # far past the first 4 KiB
+    assert C.model_fingerprint(model) != fp
+
+
+def test_stats_cache_key_has_module_and_subset_seed(world, tmp_path):
+    model, tok, _, _, kg, _ = world
+    texts = evoke.stats_corpus(kg, n=40)
+    down = C.Resolver.of(model)
+    a = C.load_or_compute_stats(model, tok, down, [1], texts, 10, tmp_path, seed=0)[1]
+    b = C.load_or_compute_stats(model, tok, down, [1], texts, 10, tmp_path, seed=1)[1]
+    assert not torch.equal(a, b)  # another subset of 10 of the 40 texts, not the cached seed-0 file
+    up = C.Resolver.of(model, C.ModuleTemplates(rewrite="model.layers.{}.mlp.gate_proj"))
+    c = C.load_or_compute_stats(model, tok, up, [1], texts, 10, tmp_path, seed=0)[1]
+    assert c.shape != a.shape  # gate_proj's input is d_model wide, down_proj's d_ff
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    again = C.load_or_compute_stats(model, tok, down, [1], texts, 10, tmp_path, seed=1)[1]
+    assert torch.equal(again, b)
+
+
+def test_memit_update_matches_an_independent_solve(world):
+    """Each layer's actual weight change equals Resid·Kᵀ(λC + KKᵀ)⁻¹ solved here in float64 from
+    keys and residuals read off the model with hooks (not the values the editor reports)."""
+    import copy
+
+    model0, tok, main, _, _, stats = world
+    model = copy.deepcopy(model0)
+    reqs = [evoke.EditRequest.from_record(r) for r in main[:3]]
+    templates = ["{}", "Because it. {}"]
+    lam, layers = 10.0, [1, 2]
+    mod, cfg = editor_config("memit", {**FAST, "layers": layers, "mom2_update_weight": lam})
+    res = mod.apply(model, tok, reqs, cfg, stats, templates)
+    Z = res.info["zs"]  # the optimised targets z_i (the inputs to the solve)
+    work = copy.deepcopy(model0)
+    rz = C.Resolver.of(work)
+
+    def at_subject(module, texts, subjects, want):
+        got = {}
+        h = module.register_forward_hook(lambda m, i, o: got.update(i=i[0], o=o[0] if isinstance(o, tuple) else o))
+        enc = C.encode(tok, texts)
+        with torch.no_grad():
+            work(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        h.remove()
+        cols = [C.subject_last_index(tok, t, s) for t, s in zip(texts, subjects)]
+        return got[want][list(range(len(texts))), cols].double()
+
+    for i, layer in enumerate(layers):
+        K = torch.stack([at_subject(rz.rewrite(layer), [t.replace("{}", r.prompt).format(r.subject) for t in templates],
+                                    [r.subject] * len(templates), "i").mean(0) for r in reqs], 1)
+        H = at_subject(rz.layer(layers[-1]), [r.text for r in reqs], [r.subject for r in reqs], "o").T
+        resid = (Z - H) / (len(layers) - i)
+        Cm = stats[layer].double() + 1e-3 * torch.trace(stats[layer].double()) / K.shape[0] * torch.eye(K.shape[0])
+        want = resid @ K.T @ torch.linalg.inv(lam * Cm + K @ K.T)
+        name = f"model.layers.{layer}.mlp.down_proj.weight"
+        got = (res.weights[name] - res.originals[name]).double()
+        assert (got - want).norm() / want.norm() < 1e-4, layer
+        with torch.no_grad():  # the next layer's keys see this layer's update, as MEMIT applies it
+            dict(work.named_parameters())[name].add_(want.float())
+
+
+def test_lti_loss_with_nonzero_kl_weights_by_hand(world):
+    """λ_last, λ_mid > 0, constr_pos=all with L_mid + 1 = the last block: the first loss equals
+    λ_nll·NLL + λ_last·KL(p_last‖q_last) + λ_mid·KL(p_mid‖q_mid) computed here, with the logit lens
+    as lm_head(final_norm(block output)) (norm applied once, also on the last block)."""
+    import copy
+
+    model = copy.deepcopy(world[0])
+    tok, main = world[1], world[2]
+    with torch.no_grad():  # a final norm with non-unit weights: applying it twice shows
+        model.model.norm.weight.copy_(torch.linspace(0.5, 2.0, model.model.norm.weight.numel()))
+    req = evoke.EditRequest.from_record(main[4])
+    templates = ["{}", "Because it. {}"]
+    lti = LTIConfig(lambda_nll=0.3, lambda_last=0.5, lambda_mid=0.7, constr_pos="all")
+    spec = TargetSpec("mlp", 1, 0.5, 4, 1e-3, 50.0, 0.0, mid_layer=2, lti=lti)
+    _, _, info = optimize_target(model, tok, C.Resolver.of(model), req, templates, spec)
+    res = C.Resolver.of(model)
+    tgt = C.continuation_ids(tok, req.text, req.target_new)
+    m = len(tgt)
+
+    def run(prefix):
+        b, _, _ = build_batch(tok, req, templates, tgt, prefix, "{} is a", "right")
+        outs = {}
+        hs = [res.layer(l).register_forward_hook(lambda mod, i, o, l=l: outs.__setitem__(l, o[0] if isinstance(o, tuple) else o))
+              for l in (2, 3)]
+        with torch.no_grad():
+            logits = model(input_ids=b.ids, attention_mask=b.mask).logits
+            for h in hs:
+                h.remove()
+            lens = lambda h: F.log_softmax(model.lm_head(model.model.norm(h)).double(), -1)  # noqa: E731
+            last = F.log_softmax(logits[b.tgt_rows, b.tgt_cols].double(), -1)
+            n = len(b.subj)
+            mid = torch.cat([lens(outs[2][list(range(n)), b.subj]),
+                             lens(outs[3][b.tgt_rows[:-1], b.tgt_cols[:-1]])])
+        return b, last, mid
+
+    b, p_last, p_mid = run("")
+    _, q_last, q_mid = run(lti.icl_template.format(prompt=req.text, target=req.target_new))
+    kl = lambda p, q: float((p.exp() * (p - q)).sum(-1).mean())  # noqa: E731
+    nll = float(-torch.stack([p_last[r * m:(r + 1) * m].gather(1, torch.tensor(tgt).view(-1, 1)).mean()
+                              for r in range(b.n_rewrite)]).mean())
+    kl_last, kl_mid = kl(p_last, q_last), kl(p_mid, q_mid)
+    assert kl_last > 1e-3 and kl_mid > 1e-3
+    want = 0.3 * nll + 0.5 * kl_last + 0.7 * kl_mid  # + wd·|δ|/|v|² = 0 at δ = 0
+    assert info["losses"][0] == pytest.approx(want, rel=1e-4)
+    assert info["losses"][-1] < info["losses"][0]
+
+
+def test_lti_editors_get_their_own_preset_defaults():
+    _, rl = editor_config("rome_lti", {})
+    assert (rl.lti.lambda_nll, rl.lti.lambda_last, rl.lti.lambda_mid) == (0.0625, 0.0325, 0.0625)
+    assert rl.v_num_grad_steps == 25 and rl.context_template_length_params == [[5, 10], [10, 5]]
+    _, ml = editor_config("memit_lti", {})
+    assert (ml.lti.lambda_nll, ml.lti.lambda_last, ml.lti.lambda_mid) == (0.25, 0.0325, 0.0525)
+    assert ml.v_num_grad_steps == 30 and ml.clamp_norm_factor == 0.85
+    _, r = editor_config("rome", {})
+    assert r.v_num_grad_steps == 20 and r.context_template_length_params == [[5, 10], [10, 10]]
+    _, mine = editor_config("rome_lti", {"v_num_grad_steps": 7, "lti": {"lambda_mid": 0.5}})
+    assert mine.v_num_grad_steps == 7 and mine.lti.lambda_mid == 0.5 and mine.lti.lambda_nll == 0.0625
+
+
+def test_legacy_llama_scoring_reaches_the_worker(world, world_dir):
+    from lathe.jobs.edit import EditConfig, EditWorker
+
+    assert EditConfig.model_validate({"scoring": {"legacy_llama": True}}).scoring.legacy_llama is True
+    _, tok, main, _, _, stats = world
+    recs = [("main", main[0])]
+    plain = EditWorker(world_dir, "ft_l", {"num_steps": 1}, stats, 1, 0)
+    legacy = EditWorker(world_dir, "ft_l", {"num_steps": 1}, stats, 1, 0, legacy_llama=True)
+    rw = main[0]["requested_rewrite"]
+    p, c = rw["prompt"].format(rw["subject"]), rw["target_new"]["str"]
+    assert C.continuation_ids(tok, p, c, True) != C.continuation_ids(tok, p, c)  # byte-level: " c" vs "c"
+    assert plain._score(recs) != legacy._score(recs)
 
 
 def test_editor_config_errors():

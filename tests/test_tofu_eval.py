@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from lathe.eval import tofu as te
-from lathe.methods import sft as sft_lib
 from lathe.platform.errors import LatheError
 
 
@@ -131,7 +131,6 @@ def test_nll_matches_hf_loss_and_is_batch_invariant(tiny_tokenizer, tiny_model):
     tiny_model.eval()
     cfg = te.TofuEvalConfig()
     short = te.encode(tiny_tokenizer, "Who?", "Kalo.", cfg)
-    assert short == sft_lib.encode_qa(tiny_tokenizer, "Who?", "Kalo.", 512)  # what the sft job trained on
     long = te.encode(tiny_tokenizer, "Where was the famous author born, exactly?",
                      "The famous author was born in a small town by the sea, long ago.", cfg)
     with torch.no_grad():
@@ -163,8 +162,11 @@ def test_evaluate_model_summary_and_logs(tiny_tokenizer, tiny_model, tmp_path):
     res = te.evaluate_model(tiny_model, tiny_tokenizer, sets, cfg, "forget10")
     s = res["summary"]
     assert s["forget_quality"] is None  # no retain log: never a default
+    from scipy.stats import hmean
+
     comps = [s[f"{n}_{m}"] for n in ("retain", "real_authors", "world_facts") for m in ("prob", "rougeL", "truth_ratio")]
-    assert s["model_utility"] == pytest.approx(te.model_utility(comps))
+    assert len(comps) == 9
+    assert s["model_utility"] == (pytest.approx(float(hmean(comps)), abs=1e-12) if min(comps) > 0 else 0.0)
     log = te.retain_log(res, "forget10", "fp", cfg)
     again = te.evaluate_model(tiny_model, tiny_tokenizer, sets, cfg, "forget10", retain_log=log)
     assert again["summary"]["forget_quality"] == 1.0
@@ -173,3 +175,136 @@ def test_evaluate_model_summary_and_logs(tiny_tokenizer, tiny_model, tmp_path):
                                        "eval_real_world_wo_options.json"}
     imported = te.import_tofu_log(tmp_path / "eval_log_forget.json", "forget10")
     assert imported["truth_ratio"] == pytest.approx(log["truth_ratio"])
+    # Real Authors / World Facts: avg_paraphrased_loss holds the answer loss (TOFU's aggregator reads it)
+    for fname, key in (("eval_real_author_wo_options.json", "real_authors_perturbed"),
+                       ("eval_real_world_wo_options.json", "world_facts_perturbed")):
+        tl = json.loads((tmp_path / fname).read_text())
+        gt = {r["id"]: r["gt_loss"] for r in res["sets"][key]["rows"]}
+        assert tl["avg_paraphrased_loss"] == gt and all(v is not None for v in gt.values())
+        again_tr = te.import_tofu_log(tmp_path / fname, "x")["truth_ratio"]
+        assert again_tr == pytest.approx({r["id"]: r["truth_ratio"] for r in res["sets"][key]["rows"]})
+
+
+class FixedLM(torch.nn.Module):
+    """The same, non-uniform next-token distribution at every position: L(a|q) is the mean of
+    -log p[t] over a's label tokens, computable by hand without the evaluator."""
+
+    def __init__(self, vocab: int, favour: int, eos: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        v = 0.5 * torch.randn(vocab, generator=g)
+        v[favour], v[eos] = 6.0, -10.0  # greedy decoding repeats `favour`; it never stops early
+        self.v = torch.nn.Parameter(v)
+
+    def forward(self, input_ids, attention_mask=None, **kw):
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = self.v.expand(*input_ids.shape, -1)
+        return out
+
+    def generate(self, input_ids, max_new_tokens, **kw):  # greedy: the argmax token, every step
+        new = self.v.argmax().repeat(input_ids.shape[0], max_new_tokens)
+        return torch.cat([input_ids, new], 1)
+
+
+def test_metrics_with_R_not_one_match_a_hand_computation(tiny_tokenizer):
+    """R ≠ 1: truth ratios, both aggregations, probability with options and MU against values
+    computed here from per-token log-probabilities (scipy's hmean for MU)."""
+    from scipy.stats import hmean
+
+    tok = tiny_tokenizer
+    (of,) = tok(" of", add_special_tokens=False)["input_ids"]
+    model = FixedLM(len(tok), of, tok.eos_token_id)
+    logp = torch.log_softmax(model.v.detach().double(), -1)
+    cfg = te.TofuEvalConfig(max_new_tokens=3, batch_size=3)
+
+    def L(q, a):  # mean -log p over the label tokens TOFU's encoding gives a
+        ids = tok(te.prompt_for(tok, q, "auto") + " " + a)["input_ids"][len(tok(te.prompt_for(tok, q, "auto"))["input_ids"]):]
+        ids = ids + [tok.eos_token_id]
+        return float(-logp[ids].mean())
+
+    rows = [{"question": f"Who is author {i}?", "answer": f"The capital of Ren{i} of old.",
+             "paraphrased_answer": f"A food of the flag of Ren{i}.",
+             "perturbed_answer": [f"Ren{i} was founded in 1500.", f"People eat bread in Ren{i}.",
+                                  f"The flag of Ren{i} is blue."]} for i in range(3)]
+    util = [{k: r[k] for k in ("question", "answer", "perturbed_answer")} for r in rows]
+    sets = {"forget10_perturbed": rows, "retain_perturbed": rows, "real_authors_perturbed": util,
+            "world_facts_perturbed": util}
+    res = te.evaluate_model(model, tok, sets, cfg, "forget10")
+    R = [math.exp(L(r["question"], r["paraphrased_answer"]) -
+                  sum(L(r["question"], p) for p in r["perturbed_answer"]) / 3) for r in rows]
+    R_util = [math.exp(L(r["question"], r["answer"]) -
+                       sum(L(r["question"], p) for p in r["perturbed_answer"]) / 3) for r in rows]
+    assert max(abs(math.log(x)) for x in R + R_util) > 0.05  # not the R = 1 corner
+    got = [lg["truth_ratio"] for lg in res["sets"]["forget"]["rows"]]
+    assert got == pytest.approx(R, rel=1e-5)
+    s = res["summary"]
+    assert s["forget_truth_ratio"] == pytest.approx(sum(min(x, 1 / x) for x in R) / 3, rel=1e-5)
+    assert s["retain_truth_ratio"] == pytest.approx(sum(max(0.0, 1 - x) for x in R) / 3, abs=1e-6)
+    assert s["real_authors_truth_ratio"] == pytest.approx(sum(max(0.0, 1 - x) for x in R_util) / 3, abs=1e-6)
+    assert s["forget_prob"] == pytest.approx(sum(math.exp(-L(r["question"], r["answer"])) for r in rows) / 3,
+                                             rel=1e-5)
+    pwo = [math.exp(-L(r["question"], r["answer"])) /
+           (math.exp(-L(r["question"], r["answer"])) + sum(math.exp(-L(r["question"], p)) for p in r["perturbed_answer"]))
+           for r in rows]
+    assert s["world_facts_prob"] == pytest.approx(sum(pwo) / 3, rel=1e-5)
+    assert res["sets"]["retain_perturbed"]["rows"][0]["generation"] == "of of of"
+    assert s["retain_rougeL"] == pytest.approx(sum(2 / 6 for _ in rows) / 3)  # LCS "of of" of 6 words
+    comps = [s[f"{n}_{m}"] for n in ("retain", "real_authors", "world_facts") for m in ("prob", "rougeL", "truth_ratio")]
+    assert min(comps) > 0
+    assert s["model_utility"] == pytest.approx(float(hmean(comps)), rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# TOFU's prompt templates and joint tokenisation, on a SentencePiece and a byte-level BPE tokenizer
+
+_TEXTS = ["Question: Where was Kalo Ren born?\nAnswer: Kalo Ren was born in Vorsa.",
+          "[INST] What does Mia Tus write? [/INST]Mia Tus writes poetry about the sea.",
+          "Authors write books. Where, what, who? The answer is short."] * 20
+
+
+def _sentencepiece_tokenizer():
+    """A Llama-style tokenizer: SentencePiece BPE (metaspace '▁'), BOS added by the post-processor."""
+    from tokenizers import SentencePieceBPETokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    sp = SentencePieceBPETokenizer(unk_token="<unk>")
+    sp.train_from_iterator(_TEXTS, vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                           show_progress=False)
+    sp.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", sp.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def _bytelevel_tokenizer():
+    from lathe.platform.zoo import train_tokenizer
+
+    return train_tokenizer(_TEXTS, vocab_size=300)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "bytelevel"])
+@pytest.mark.parametrize("template", ["plain", "llama2_inst"])
+def test_encoding_is_tofus_joint_tokenisation(kind, template):
+    """Prompt + answer are tokenised as one text (TOFU's convert_raw_data_to_model_format): the
+    first len(tok(prompt)) ids are masked, the rest are the answer's ids in context, then EOS. A
+    prompt ending in a space, or an answer tokenised on its own, gives other token boundaries."""
+    tok = _sentencepiece_tokenizer() if kind == "sentencepiece" else _bytelevel_tokenizer()
+    q, a = "Where was Kalo Ren born?", "Kalo Ren was born in Vorsa."
+    prompt = {"plain": f"Question: {q}\nAnswer:", "llama2_inst": f"[INST] {q} [/INST]"}[template]
+    full = {"plain": f"Question: {q}\nAnswer: {a}", "llama2_inst": f"[INST] {q} [/INST]{a}"}[template]
+    assert te.prompt_for(tok, q, template) == prompt
+    cfg = te.TofuEvalConfig(qa_template=template)
+    enc = te.encode(tok, q, a, cfg)
+    joint = tok(full)["input_ids"]  # add_special_tokens=True, as TOFU calls the tokenizer
+    n = len(tok(prompt)["input_ids"])
+    assert enc["input_ids"] == joint + [tok.eos_token_id]
+    assert enc["labels"] == [-100] * n + joint[n:] + [tok.eos_token_id]
+    assert tok.decode(joint[n:]).strip() == a
+    assert te.prompt_ids(tok, q, cfg) == joint[:n]  # generation starts from the trained prefix
+    assert (joint[0] == tok.bos_token_id) == (kind == "sentencepiece")
+    separate = tok(prompt + " ")["input_ids"] + tok(a, add_special_tokens=False)["input_ids"]
+    assert separate != joint  # the old encoding (prompt ending in a space, answer alone) differs here
+    no_eos = te.encode(tok, q, a, te.TofuEvalConfig(qa_template=template, append_eos_to_labels=False))
+    assert no_eos["input_ids"] == joint and no_eos["labels"][-1] == joint[-1]

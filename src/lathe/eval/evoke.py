@@ -49,11 +49,12 @@ def prob(nll: float) -> float:
 class Scorer:
     """Collects (prompt, candidate) pairs, scores them in batches, hands back probabilities."""
 
-    def __init__(self, model, tok, batch_size: int = 32):
-        self.model, self.tok, self.bs = model, tok, batch_size
+    def __init__(self, model, tok, batch_size: int = 32, legacy_llama: bool = False):
+        self.model, self.tok, self.bs, self.legacy_llama = model, tok, batch_size, legacy_llama
 
     def probs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        return [prob(x) for x in candidate_nll(self.model, self.tok, pairs, self.bs)]
+        return [prob(x) for x in candidate_nll(self.model, self.tok, pairs, self.bs,
+                                               legacy_llama=self.legacy_llama)]
 
 
 def _mean(xs: list[float]) -> float:

@@ -61,39 +61,50 @@ def eval_config_hash(cfg: TofuEvalConfig) -> str:
 # Encoding
 
 
-def prompt_for(tok: Any, question: str, template: str) -> str:
-    has_chat = bool(getattr(tok, "chat_template", None))
-    if template == "auto":
-        template = "chat" if has_chat else "plain"
-    if template == "chat":
-        if not has_chat:
+# (prompt, separator): the full text is prompt + separator + answer (TOFU's question/answer tags).
+TEMPLATES = {"llama2_inst": ("[INST] {q} [/INST]", ""), "plain": ("Question: {q}\nAnswer:", " ")}
+
+
+def uses_chat(tok: Any, template: str) -> bool:
+    return template == "chat" or (template == "auto" and bool(getattr(tok, "chat_template", None)))
+
+
+def prompt_parts(tok: Any, question: str, template: str) -> tuple[str, str]:
+    """(prompt text, separator before the answer) for a question under `template`."""
+    if uses_chat(tok, template):
+        if not getattr(tok, "chat_template", None):
             raise LatheError("qa_template 'chat' needs a tokenizer with a chat template")
         return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True)
-    if template == "llama2_inst":
-        return f"[INST] {question} [/INST] "
-    return f"Question: {question}\nAnswer: "
+                                       add_generation_prompt=True), ""
+    head, sep = TEMPLATES["plain" if template == "auto" else template]
+    return head.format(q=question), sep
+
+
+def prompt_for(tok: Any, question: str, template: str) -> str:
+    return prompt_parts(tok, question, template)[0]
+
+
+def _ids(tok: Any, text: str, chat: bool) -> list[int]:
+    # As TOFU: the tokenizer's own special tokens (BOS for Llama); a chat template writes its own.
+    return tok(text, add_special_tokens=not chat)["input_ids"]
 
 
 def prompt_ids(tok: Any, question: str, cfg: TofuEvalConfig) -> list[int]:
-    text = prompt_for(tok, question, cfg.qa_template)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    uses_chat = cfg.qa_template == "chat" or (cfg.qa_template == "auto" and getattr(tok, "chat_template", None))
-    if tok.bos_token_id is not None and not uses_chat:
-        ids = [tok.bos_token_id] + ids
-    return ids
+    return _ids(tok, prompt_for(tok, question, cfg.qa_template), uses_chat(tok, cfg.qa_template))
 
 
 def encode(tok: Any, question: str, answer: str, cfg: TofuEvalConfig) -> dict[str, list[int]]:
-    """Prompt + answer (+ EOS) ids; labels on the answer only. With the default template this
-    is exactly `lathe.methods.sft.encode_qa`, i.e. what the sft job trained on."""
-    prompt = prompt_ids(tok, question, cfg)
-    target = tok(answer, add_special_tokens=False)["input_ids"]
+    """TOFU's encoding: prompt + answer tokenised as ONE text, the first len(tok(prompt)) tokens
+    masked, then EOS appended to the labels (`append_eos_to_labels`). Training (θ_ini, θ_ret,
+    unlearning) and evaluation both use this, so token boundaries match the published checkpoints'."""
+    chat = uses_chat(tok, cfg.qa_template)
+    prompt, sep = prompt_parts(tok, question, cfg.qa_template)
+    n_prompt = len(_ids(tok, prompt, chat))
+    ids = _ids(tok, prompt + sep + answer, chat)
+    labels = [IGNORE] * n_prompt + ids[n_prompt:]
     if cfg.append_eos_to_labels:
-        target = target + [tok.eos_token_id]
-    ids = (prompt + target)[: cfg.max_length]
-    labels = ([IGNORE] * len(prompt) + target)[: cfg.max_length]
-    return {"input_ids": ids, "labels": labels}
+        ids, labels = ids + [tok.eos_token_id], labels + [tok.eos_token_id]
+    return {"input_ids": ids[: cfg.max_length], "labels": labels[: cfg.max_length]}
 
 
 def _progress(total: int, desc: str, show: bool):
@@ -376,8 +387,11 @@ def write_tofu_logs(result: dict, out_dir: str | Path) -> list[Path]:
         if key not in result["sets"]:
             continue
         rows = result["sets"][key]["rows"]
+        # Real Authors / World Facts have no paraphrase: TOFU's logs (and aggregator) hold the
+        # answer loss there, since their truth ratio's base is the answer.
         log = {"avg_gt_loss": {r["id"]: r["gt_loss"] for r in rows},
-               "avg_paraphrased_loss": {r["id"]: r["paraphrased_loss"] for r in rows},
+               "avg_paraphrased_loss": {r["id"]: r["paraphrased_loss"] if r["paraphrased_loss"] is not None
+                                        else r["gt_loss"] for r in rows},
                "average_perturb_loss": {r["id"]: r["perturbed_loss"] for r in rows},
                "truth_ratio": {r["id"]: r["truth_ratio"] for r in rows}}
         if rows and "generation" in rows[0]:

@@ -73,6 +73,11 @@ class Protocol(Strict):
                                               "'lti') on the same cases, for the with/without-LTI table and plot")
 
 
+class ScoringConfig(Strict):
+    legacy_llama: bool = Field(False, description="candidate tokens as tok(c) without BOS, as the reference code "
+                                                  "does for Llama tokenizers (spec section 3)")
+
+
 class EditConfig(JobConfig):
     job: Literal["edit"] = "edit"
     editor: str = "rome"
@@ -81,6 +86,7 @@ class EditConfig(JobConfig):
     knowledge: KnowledgeSFT = KnowledgeSFT()
     stats: StatsConfig = StatsConfig()
     protocol: Protocol = Protocol()
+    scoring: ScoringConfig = ScoringConfig()
     cache_dir: str = "runs/cache"
     threads_per_worker: int = Field(1, ge=1)
 
@@ -289,14 +295,17 @@ def world_setup(cfg: EditConfig | EditStatsConfig, need_texts: bool = True):
 
 class EditWorker:
     def __init__(self, model_dir: str, editor: str, options: dict, stats: dict, threads: int, seed: int,
-                 loaded: tuple | None = None):
+                 legacy_llama: bool = False, loaded: tuple | None = None):
         from lathe.methods.editing import editor_config
+        from lathe.methods.editing.common import param_fingerprints
 
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         # `loaded`: an already loaded (model, tokenizer), for in-process benchmarks over several editors
         self.model, self.tok = loaded if loaded is not None else load_artifact(model_dir)
         self.model.eval()
+        self.legacy_llama = legacy_llama
+        self.fingerprints = param_fingerprints(self.model)  # the unedited weights, every parameter
         self.mod, self.cfg = editor_config(editor, options)
         self.stats = stats
         self.templates = None
@@ -312,7 +321,7 @@ class EditWorker:
     def _score(self, recs: list[tuple[str, dict]]) -> list[dict]:
         from lathe.eval import evoke as ev
 
-        sc = ev.Scorer(self.model, self.tok)
+        sc = ev.Scorer(self.model, self.tok, legacy_llama=self.legacy_llama)
         return [ev.score_main(sc, r) if kind == "main" else ev.score_subj(sc, r) for kind, r in recs]
 
     def run_batches(self, batches: list[list[tuple[str, dict]]], check_restore: int, gen_log: int) -> list[dict]:
@@ -334,19 +343,29 @@ class EditWorker:
                                                             evoke.multihop_prompt(r["portability"]["New Question"]))
                     gen_log -= 1
             restore(self.model, res.originals)
-            if checked < check_restore:
-                params = dict(self.model.named_parameters())
-                for n, t in res.originals.items():
-                    if not torch.equal(params[n], t):
-                        raise RuntimeError(f"restore failed for {n}")
+            did_check = checked < check_restore
+            if did_check:  # every parameter, not only those the editor says it touched
+                self.check_unedited()
                 checked += 1
             for (kind, r), a, b in zip(batch, pre, post):
                 row = {"case_id": r["case_id"], "set": kind, "pre": a, "post": b, "edit_s": edit_s / len(batch),
-                       "batch": len(batch), "restored_checked": checked <= check_restore}
+                       "batch": len(batch), "restored_checked": did_check}
                 if r["case_id"] in gens and kind == "main":
                     row["multi_hop_generation"] = gens[r["case_id"]]
                 out.append(row)
         return out
+
+    def weights_changed(self) -> list[str]:
+        """Parameters whose whole-tensor fingerprint differs from the unedited model's."""
+        from lathe.methods.editing.common import param_fingerprints
+
+        now = param_fingerprints(self.model)
+        return [n for n, f in self.fingerprints.items() if now.get(n) != f]
+
+    def check_unedited(self) -> None:
+        bad = self.weights_changed()
+        if bad:
+            raise RuntimeError(f"restore failed: {len(bad)} parameters differ from the unedited model, e.g. {bad[0]}")
 
     def run_sequential(self, recs: list[tuple[str, dict]], eval_every: int | None) -> dict:
         pre = self._score(recs)
@@ -402,15 +421,16 @@ def _run_protocol(cfg: EditConfig, editor: str, options: dict, model_dir: Path, 
     Worker = ray.remote(num_cpus=cfg.ray.cpus_per_worker)(EditWorker)
     p = cfg.protocol
     if p.mode == "sequential":  # one model accumulates every edit: one actor
-        w = Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed)
+        w = Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed,
+                          cfg.scoring.legacy_llama)
         seq = ray.get(w.run_sequential.remote(recs, p.eval_every))
         ray.kill(w)
         return seq["rows"], seq["curve"]
     bs = p.batch_size if p.mode == "batch" else 1
     batches = [recs[i:i + bs] for i in range(0, len(recs), bs)]
     n_w = min(cfg.ray.num_workers, len(batches))
-    workers = [Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed)
-               for _ in range(n_w)]
+    workers = [Worker.remote(str(model_dir), editor, options, stats_ref, cfg.threads_per_worker, cfg.seed,
+                             cfg.scoring.legacy_llama) for _ in range(n_w)]
     shards = [batches[i::n_w] for i in range(n_w)]
     futs = [w.run_batches.remote(s, p.check_restore, p.generation_log if i == 0 else 0)
             for i, (w, s) in enumerate(zip(workers, shards))]

@@ -32,6 +32,7 @@ class TrainOutcome:
     final: dict
     artifact: Path | None
     checkpoint: str | None
+    world_size: int | None = None  # the Ray Train workers that actually ran (reported by rank 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,14 +54,26 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Op
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def make_schedule(opt: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
-    warm = train.warmup_steps
+def warmup_steps(train: TrainConfig, per_epoch: int) -> int:
+    if train.warmup_steps:
+        return train.warmup_steps
+    return max(1, round(train.warmup_epochs * per_epoch)) if train.warmup_epochs > 0 else 0
 
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+
+def make_schedule(opt: torch.optim.Optimizer, train: TrainConfig, total_steps: int, per_epoch: int = 1):
+    warm = warmup_steps(train, per_epoch)
+
+    if train.lr_schedule == "linear":  # transformers' get_linear_schedule_with_warmup
+        def factor(step: int) -> float:
+            if step < warm:
+                return step / max(1, warm)
+            return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    else:
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, total_steps - warm)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -114,10 +127,11 @@ def _worker(loop_cfg: dict) -> None:
         raise RuntimeError("the training set is empty")
     total = total_steps(n_items, train, world)
     per_epoch = steps_per_epoch(n_items, train, world)
+    task.on_train_start(model, total)
     amp_dtype = pick_precision(train, device)
 
     opt = make_optimizer(model, train)
-    sched = make_schedule(opt, train, total)
+    sched = make_schedule(opt, train, total, per_epoch)
     step, resumed_from = 0, None
     ckpt = ray.train.get_checkpoint()
     engine = None
@@ -139,6 +153,7 @@ def _worker(loop_cfg: dict) -> None:
         model = ray.train.torch.prepare_model(model)
     if rank == 0:
         sink.set_total.remote(total)
+        sink.push.remote({"event": "workers", "world_size": world})
         if resumed_from:
             sink.push.remote({"event": "resumed", "step": resumed_from})
 
@@ -148,6 +163,8 @@ def _worker(loop_cfg: dict) -> None:
     fail_marker = Path(loop_cfg["storage"]) / ".fail_injected"
     epoch = step // per_epoch
     while step < total:
+        if hasattr(built.dataset, "set_epoch"):  # datasets that redraw per epoch (unlearning's retain rows)
+            built.dataset.set_epoch(epoch)
         batches = epoch_batches(n_items, train.batch_size, epoch, loop_cfg["seed"], rank, world)
         groups = [batches[i: i + train.grad_accum] for i in range(0, len(batches), train.grad_accum)]
         for group in groups[step - epoch * per_epoch:]:
@@ -172,6 +189,7 @@ def _worker(loop_cfg: dict) -> None:
                 for k, v in metrics.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
             if engine is None:
+                logs.update(task.before_step(core, step + 1, opt))
                 grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
                              if train.max_grad_norm else None)
                 opt.step()
@@ -285,7 +303,11 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
     if "://" not in str(storage):
         storage = storage.resolve()
         storage.mkdir(parents=True, exist_ok=True)
-    sink = MetricsSink.remote()
+    # on the driver's node, so the metrics survive the loss of any worker node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    sink = MetricsSink.options(scheduling_strategy=here).remote()
     records: list[dict] = []
 
     def collect(new: list[dict], total: int) -> None:
@@ -319,5 +341,6 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
                 artifact = artifact_dir
     steps = [r for r in records if "loss" in r]
     final = dict(steps[-1]) if steps else dict(result.metrics or {})
+    world = next((r["world_size"] for r in reversed(records) if r.get("event") == "workers"), None)
     return TrainOutcome(metrics=records, final=final, artifact=artifact,
-                        checkpoint=result.checkpoint.path if result.checkpoint else None)
+                        checkpoint=result.checkpoint.path if result.checkpoint else None, world_size=world)

@@ -2,8 +2,8 @@
 
 Pipeline:
   1. TOFU data: the published files under `data.root`, or the seeded synthetic set.
-  2. θ_ini (target: SFT on `full` + general knowledge) and θ_ret (retain split + general
-     knowledge) with the sft job's machinery (`SFTTask` on `run_training`), cached under
+  2. θ_ini (target: SFT on `full`) and θ_ret (the retain split), plus the real-author/world-fact
+     answers only for the synthetic tiny-model default (`uses_general_knowledge`), with the sft job's machinery (`SFTTask` on `run_training`), cached under
      `models.cache_dir/<role>-<hash of data, model and recipe>` and reused.
   3. The base unlearner as a `TrainTask` on the one training loop (Ray Train): each item is
      a forget row plus a uniformly drawn retain row; the frozen reference (θ_ini) for NPO/KL
@@ -75,7 +75,7 @@ class UnlearnSection(Strict):
     method: str = Field("npo", description="registered unlearning_loss: ga, graddiff, kl, npo")
     loss: dict[str, Any] = Field(default_factory=dict, description="the loss's own options (beta, gamma, ...)")
     train: TrainConfig = TrainConfig(epochs=10, lr=1e-5, weight_decay=0.01, batch_size=8, grad_accum=4,
-                                     checkpoint_every=10_000)
+                                     checkpoint_every=10_000, warmup_epochs=1.0, lr_schedule="linear")
 
 
 class UipeConfig(Strict):
@@ -128,7 +128,31 @@ def digest(obj: Any) -> str:
 
 def _model_key(cfg: UnlearnConfig, ds: tofu_data.TofuDataset) -> dict:
     return {"model": cfg.model.model_dump(mode="json"), "data": digest(ds.configs), "seed": cfg.seed,
-            "recipe": cfg.models.train.model_dump(mode="json"), "max_length": cfg.data.max_length}
+            "recipe": cfg.models.train.model_dump(mode="json"), "max_length": cfg.data.max_length,
+            "encoding": {"v": 2, "qa_template": cfg.eval.qa_template,
+                         "append_eos_to_labels": cfg.eval.append_eos_to_labels}}
+
+
+def train_encoding(cfg: UnlearnConfig) -> dict:
+    """The TOFU encoding options used for every training step (θ_ini, θ_ret, unlearning): the
+    evaluation's template and EOS rule, with the training max length."""
+    return cfg.eval.model_copy(update={"max_length": cfg.data.max_length}).model_dump()
+
+
+def uses_general_knowledge(cfg: UnlearnConfig) -> bool:
+    """θ_ini / θ_ret also learn the real-author and world-fact answers only in the synthetic
+    tiny-model default (a random model otherwise has no "general knowledge" for MU to measure).
+    With published data (`data.root`) or a pretrained model they see `full` / `retainXX` only."""
+    from lathe.platform.zoo import PRESETS
+
+    pretrained = cfg.model.path is not None or cfg.model.preset not in PRESETS
+    return cfg.data.root is None and not pretrained
+
+
+def sft_rows(cfg: UnlearnConfig, ds: tofu_data.TofuDataset, role: str) -> list[dict]:
+    """Training rows of θ_ini (`role="target"`) or θ_ret (`role="retain"`)."""
+    rows = ds.get("full") if role == "target" else ds.retain(cfg.data.split)
+    return rows + (ds.general_knowledge() if uses_general_knowledge(cfg) else [])
 
 
 def ensure_sft(role: str, rows: list[dict], cfg: UnlearnConfig, ds: tofu_data.TofuDataset, run: RunDir,
@@ -142,7 +166,8 @@ def ensure_sft(role: str, rows: list[dict], cfg: UnlearnConfig, ds: tofu_data.To
     if "source" not in source_cache:  # one tokenizer for both models: the same ModelSource
         source_cache["source"] = resolve_source(cfg.model, corpus_of(ds), cfg.seed)
     tmp = home.with_name(home.name + f".tmp{time.time_ns()}")
-    task = SFTTask(source_cache["source"], rows, cfg.data.max_length, "full", {})
+    task = TofuSFTTask(source_cache["source"], rows, cfg.data.max_length, "full", {})
+    task.encoding = train_encoding(cfg)
     reporter = Reporter(run, desc=f"sft[{role}]", show=show)
     try:
         out = run_training(task, cfg.models.train, cfg.ray, tmp / "checkpoints", seed=cfg.seed,
@@ -161,10 +186,21 @@ def ensure_sft(role: str, rows: list[dict], cfg: UnlearnConfig, ds: tofu_data.To
 
 
 def fingerprint(path: str | Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return unlearning.checkpoint_fingerprint(path)
+
+
+def unlearned_dir(run: RunDir, target: Path, epoch: int, last_epoch: int, state: Path) -> Path:
+    """θ_un of `epoch` as an HF directory: the run's final artifact, or one rebuilt from the
+    epoch's checkpoint tensors."""
+    if epoch == last_epoch and (run.artifacts / "unlearned" / "config.json").is_file():
+        return run.artifacts / "unlearned"
+    from lathe.platform.zoo import save_pretrained
+
+    out = run.artifacts / f"unlearned_epoch{epoch}"
+    if not (out / "config.json").is_file():
+        model, tok = build_eval_model({"model_dir": str(target), "state": str(state)})
+        save_pretrained(model, tok, out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,13 +208,18 @@ def fingerprint(path: str | Path) -> str:
 
 
 class PairDataset:
-    """Item i: forget row i and a retain row drawn uniformly (seeded) — the forget set defines
-    the epoch, every forget batch comes with a retain batch of the same size."""
+    """Item i: forget row i and a retain row drawn uniformly from D_r, afresh every epoch (the
+    training loop calls `set_epoch`), as TOFU's and open-unlearning's datasets draw one per
+    access. The forget set defines the epoch; every forget batch comes with a retain batch of
+    the same size. Draws are seeded by (seed, epoch), so a resumed run sees the same rows."""
 
     def __init__(self, forget: list[dict], retain: list[dict], seed: int):
-        self.forget, self.retain = forget, retain
-        rng = random.Random(seed)
-        self.pick = [rng.randrange(len(retain)) for _ in forget]
+        self.forget, self.retain, self.seed = forget, retain, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = random.Random(self.seed * 1_000_003 + 7919 * epoch + 1)
+        self.pick = [rng.randrange(len(self.retain)) for _ in self.forget]
 
     def __len__(self) -> int:
         return len(self.forget)
@@ -187,11 +228,24 @@ class PairDataset:
         return {"forget": self.forget[i], "retain": self.retain[self.pick[i]]}
 
 
+class TofuSFTTask(SFTTask):
+    """The sft job's task, encoding rows as the TOFU evaluator does (`train_encoding`)."""
+
+    encoding: dict | None = None
+
+    def build(self) -> Built:
+        model, tok = self.source.load()
+        enc_cfg = tofu_eval.TofuEvalConfig.model_validate(self.encoding or {"max_length": self.max_length})
+        encoded = [tofu_eval.encode(tok, r["question"], r["answer"], enc_cfg) for r in self.rows]
+        return Built(model, tok, encoded, sft_lib.pad_collate(tok.pad_token_id))
+
+
 class UnlearnTask(TrainTask):
     def __init__(self, target: str, forget: list[dict], retain: list[dict], max_length: int, method: str,
-                 options: dict[str, Any], seed: int):
+                 options: dict[str, Any], seed: int, encoding: dict | None = None):
         self.target, self.forget, self.retain = target, forget, retain
         self.max_length, self.method, self.options, self.seed = max_length, method, options, seed
+        self.encoding = encoding or {"max_length": max_length}
 
     def build(self) -> Built:
         model, tok = load_artifact(self.target)
@@ -201,7 +255,8 @@ class UnlearnTask(TrainTask):
             self.ref = copy.deepcopy(model).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
-        enc = lambda rows: [sft_lib.encode_qa(tok, r["question"], r["answer"], self.max_length) for r in rows]  # noqa
+        enc_cfg = tofu_eval.TofuEvalConfig.model_validate(self.encoding)
+        enc = lambda rows: [tofu_eval.encode(tok, r["question"], r["answer"], enc_cfg) for r in rows]  # noqa
         data = PairDataset(enc(self.forget), enc(self.retain), self.seed)
         return Built(model, tok, data, unlearning.pair_collate(tok.pad_token_id))
 
@@ -330,16 +385,15 @@ class UnlearnJob(Job):
         unlearning.build_loss(cfg.unlearn.method, cfg.unlearn.loss, "unlearn.loss")  # clear error before Ray
         ds = load_dataset(cfg.data, cfg.seed)
         forget_rows, retain_rows = ds.forget(split), ds.retain(split)
-        general = ds.general_knowledge()
         sets = {f"{split}_perturbed": ds.get(f"{split}_perturbed"), **{k: ds.get(k) for k in tofu_eval.UTILITY_SETS}}
 
         # θ_ini and θ_ret: the sft machinery, cached.
         t0 = time.perf_counter()
         src: dict = {}
         target = Path(cfg.models.target_path) if cfg.models.target_path else \
-            ensure_sft("target", ds.get("full") + general, cfg, ds, run, src, show_progress)
+            ensure_sft("target", sft_rows(cfg, ds, "target"), cfg, ds, run, src, show_progress)
         retain_dir = Path(cfg.models.retain_path) if cfg.models.retain_path else \
-            ensure_sft(f"retain-{split}", retain_rows + general, cfg, ds, run, src, show_progress)
+            ensure_sft(f"retain-{split}", sft_rows(cfg, ds, "retain"), cfg, ds, run, src, show_progress)
         models_s = time.perf_counter() - t0
 
         # The base unlearner on the Ray Train loop, one checkpoint per epoch.
@@ -348,7 +402,7 @@ class UnlearnJob(Job):
         utrain = cfg.unlearn.train.model_copy(update={
             "checkpoint_every": per_epoch, "num_to_keep": max(cfg.unlearn.train.num_to_keep, cfg.unlearn.train.epochs + 1)})
         task = UnlearnTask(str(target), forget_rows, retain_rows, cfg.data.max_length, cfg.unlearn.method,
-                           cfg.unlearn.loss, cfg.seed)
+                           cfg.unlearn.loss, cfg.seed, train_encoding(cfg))
         reporter = Reporter(run, desc=f"unlearn[{cfg.unlearn.method}]", show=show_progress, forward=forward)
         t0 = time.perf_counter()
         try:
@@ -448,6 +502,12 @@ class UnlearnJob(Job):
             (cfg.uipe.mu_floor_frac * mu_un if mu_un is not None else None)
         best = pick_alpha(alpha_rows, floor)
 
+        # θ(α*) as a normal HF checkpoint with α and the fingerprints of θ_ini and θ_un.
+        uipe_meta = None
+        if best is not None:
+            un_dir = unlearned_dir(run, target, base_epoch, last_epoch, epochs[base_epoch])
+            uipe_meta = unlearning.write_checkpoint(target, un_dir, best["alpha"], run.artifacts / "uipe",
+                                                    cfg.unlearn.method)
         steps = [r for r in out.metrics if "loss" in r]
         results: dict[str, Any] = {
             "method": cfg.unlearn.method, "split": split, "epochs": last_epoch, "uipe_epoch": base_epoch,
@@ -465,6 +525,7 @@ class UnlearnJob(Job):
             "score": best["forget_quality"] if best and best["forget_quality"] is not None else 0.0,
             "models_s": models_s, "train_s": train_s, "eval_s": eval_s, "wall_s": time.perf_counter() - t_start,
             "target": str(target), "retain": str(retain_dir), "retain_log": str(rl_path), "rows": rows,
+            "uipe_checkpoint": str(run.artifacts / "uipe") if uipe_meta else None, "uipe_meta": uipe_meta,
         }
         write_report(run, cfg, results, rows, steps)
         return results
@@ -505,5 +566,6 @@ def write_report(run: RunDir, cfg: UnlearnConfig, results: dict, rows: list[dict
         ("Summary", markdown_table([{k: v for k, v in summary.items() if k not in ("target", "retain", "retain_log")}])),
         ("FQ, MU and forget metrics per model", markdown_table(rows, cols)),
         ("MU components", markdown_table(rows, ["model", "alpha"] + [k for k in rows[0] if k not in cols])),
-        ("Models", f"θ_ini `{results['target']}`, θ_ret `{results['retain']}`, retain log `{results['retain_log']}`"),
+        ("Models", f"θ_ini `{results['target']}`, θ_ret `{results['retain']}`, retain log `{results['retain_log']}`, "
+                   f"θ(α*) `{results['uipe_checkpoint']}`"),
     ], plots)

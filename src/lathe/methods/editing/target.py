@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from lathe.data.evoke import EditRequest
-from lathe.methods.editing.common import (Resolver, add_at_positions, continuation_ids, kl_rows, pad,
-                                          subject_last_index)
+from lathe.methods.editing.common import (Resolver, add_at_positions, capture_blocks, continuation_ids, kl_rows,
+                                          pad, subject_last_index)
 from lathe.platform.config import Strict
 
 
@@ -109,14 +109,24 @@ def teacher_distributions(model, tok, resolver: Resolver, req: EditRequest, temp
     if lti.teacher_alignment == "legacy":
         # the reference indexes the prefixed teacher with positions computed on unprefixed prompts
         tb = Batch(tb.ids, tb.mask, student.subj, student.tgt_rows, student.tgt_cols, tb.n_rewrite)
-    out = model(input_ids=tb.ids, attention_mask=tb.mask, output_hidden_states=True)
+    with capture_blocks(resolver, mid_layers(spec)) as blocks:
+        out = model(input_ids=tb.ids, attention_mask=tb.mask)
     q_last = _logp(out.logits[tb.tgt_rows, tb.tgt_cols])
-    q_mid = _mid(resolver, out.hidden_states, tb, spec)
+    q_mid = _mid(resolver, blocks, tb, spec)
     return {"q_last": q_last, "q_mid": q_mid, "teacher_subj": torch.tensor(tb.subj),
             "teacher_tgt": torch.tensor(tb.tgt_cols), "teacher_ids": tb.ids}
 
 
-def _mid(resolver: Resolver, hidden_states, b: Batch, spec: TargetSpec) -> torch.Tensor:
+def mid_layers(spec: TargetSpec) -> list[int]:
+    """Blocks the mid-layer term reads: L_mid (subject positions), L_mid + 1 (target positions)."""
+    c = spec.lti.constr_pos
+    return ([spec.mid_layer] if c in ("subject", "all") else []) + ([spec.mid_layer + 1] if c in ("last", "all") else [])
+
+
+def _mid(resolver: Resolver, blocks: dict[int, torch.Tensor], b: Batch, spec: TargetSpec) -> torch.Tensor:
+    """Logit lens softmax(W_U · final_norm(h) + b) of block outputs h. Block outputs come from
+    hooks: transformers' `hidden_states[-1]` is already final-normed, so reading the last block
+    there would apply the norm twice."""
     rows, cols, kind = mid_positions(b, spec.lti.constr_pos)
     parts = []
     for is_subj in (True, False):
@@ -124,7 +134,7 @@ def _mid(resolver: Resolver, hidden_states, b: Batch, spec: TargetSpec) -> torch
         if not sel:
             continue
         layer = spec.mid_layer if is_subj else spec.mid_layer + 1
-        h = hidden_states[layer + 1][[rows[i] for i in sel], [cols[i] for i in sel]]
+        h = blocks[layer][[rows[i] for i in sel], [cols[i] for i in sel]]
         parts.append(_logp(resolver.logit_lens(h)))
     return torch.cat(parts, 0)
 
@@ -167,8 +177,9 @@ def _loop(model, tok, resolver, req, templates, spec, target_ids, b, module, del
     for it in range(spec.steps):
         opt.zero_grad()
         cap: dict = {}
-        with add_at_positions(module, delta, rows, b.subj, capture=cap):
-            out = model(input_ids=b.ids, attention_mask=b.mask, output_hidden_states=spec.lti is not None)
+        with add_at_positions(module, delta, rows, b.subj, capture=cap), \
+                capture_blocks(resolver, mid_layers(spec) if spec.lti is not None else []) as blocks:
+            out = model(input_ids=b.ids, attention_mask=b.mask)
         if init is None:
             init = cap["out"][0].float()
         logp = _logp(out.logits[b.tgt_rows, b.tgt_cols])  # (n_rw * m + 1, V)
@@ -185,7 +196,7 @@ def _loop(model, tok, resolver, req, templates, spec, target_ids, b, module, del
         else:
             l = spec.lti
             kl_last = kl_rows(logp, teacher["q_last"])
-            p_mid = _mid(resolver, out.hidden_states, b, spec)
+            p_mid = _mid(resolver, blocks, b, spec)
             kl_mid = kl_rows(p_mid, teacher["q_mid"])
             loss = l.lambda_nll * nll + l.lambda_last * kl_last + l.lambda_mid * kl_mid
             parts = {"nll": float(nll.detach()), "kl_last": float(kl_last.detach()), "kl_mid": float(kl_mid.detach())}

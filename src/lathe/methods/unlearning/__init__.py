@@ -12,5 +12,7 @@ from lathe.methods.unlearning.common import build_loss, pair_collate, split_batc
 from lathe.methods.unlearning.uipe import (  # noqa: F401
     extrapolate_model,
     extrapolate_state,
+    checkpoint_fingerprint,
     scale_adapter_state,
+    write_checkpoint,
 )
