@@ -41,8 +41,10 @@ $(WEB)/vendor/.stamp: $(WEB)/package-lock.json $(STAMP)
 	$(BIN)/python -m lathe.xr_bridge.assets
 	touch $@
 
+# The LEGO assistant pipeline (data, MELoRA fine-tune on Ray Train, eval, console + XR bridge);
+# DEMO_ARGS=--no-serve runs the pipeline and exits. The quick Ray Train demo: lathe run configs/sft/tiny_demo.yaml
 demo: install
-	$(BIN)/lathe run configs/sft/tiny_demo.yaml
+	$(BIN)/lathe demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

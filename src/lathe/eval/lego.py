@@ -204,6 +204,14 @@ def write_report(results: dict[str, dict], out_dir: str | Path, base: str | None
     return out / "report.md"
 
 
+# Two example turns in the fine-tuning layout: how a base model is prompted for a fair comparison.
+FEW_SHOT = ("Here are two example replies.\n\n"
+            "### Context:\nTrainee: Can we go to the next step?\n\n### Response:\n"
+            "I used NextStep. Moved on to step 2 of 10: Attach a white plate 1x2 on top of the base.\n\n"
+            "### Context:\nTrainee: Which pieces do I need here?\n\n### Response:\n"
+            "I used ShowPieces. Showing the pieces for step 3: bright red brick 2x4.\n\n")
+
+
 # ---- generating and scoring a model (the metrics script) ---------------------------------------
 
 
