@@ -39,9 +39,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         ctx = ray.init(address=address, runtime_env=None if in_job else runtime_env, log_to_driver=not quiet)
         embedded = False
     else:
-        ctx = ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                       _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
-                       logging_level="ERROR", configure_logging=True)
+        kwargs = dict(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+                      _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
+                      logging_level="ERROR", configure_logging=True)
+        try:
+            ctx = ray.init(**kwargs)
+        except Exception as e:
+            # Ray waits a fixed 30 s for its raylet; on an overloaded machine one more try usually passes
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            ctx = ray.init(**kwargs)
         embedded = True
     try:
         yield {"embedded": embedded, "address": getattr(ctx, "address_info", {}).get("gcs_address", address)}
