@@ -255,7 +255,7 @@ def quality(device, quick: bool, seeds=(0, 1)) -> dict:
                 b = {k: v.to(device) for k, v in collate([enc[i] for i in idx]).items()}
                 loss, _ = S.causal_lm_loss(m, b)
                 loss.backward()
-                if step == 0:
+                if step == 1:  # after the first optimizer step, so AdamW's moments exist
                     state = device_state_bytes(m, opt)
                 if name == "meft":
                     Meft().before_step(m, step + 1, opt)

@@ -75,6 +75,7 @@ def test_resume_gives_same_next_step_losses(tiny_tokenizer, tmp_path):
     assert resumed == straight[2:]  # step 4 also needs the restored moments and per-row counters
 
 
+@pytest.mark.slow  # a Ray Train run with an injected failure; the checkpoint contract is the fast test above
 def test_sft_job_meft_offload_through_the_loop(ray_local, tmp_path):
     from lathe.platform.registry import lookup
 

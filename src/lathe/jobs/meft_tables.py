@@ -23,8 +23,9 @@ from lathe.methods.meft.tables import Plan, TableStore, init_tables
 VERSION = "_version"
 
 
-@ray.remote(num_cpus=0, max_concurrency=64)
-class MeftTableActor:
+class TableServer:
+    """The actor's body (plain async Python, so its protocol is testable without a cluster)."""
+
     def __init__(self, cfg: dict, world: int):
         self.cfg = MeftConfig.model_validate(cfg)
         self.store = TableStore(self.cfg)
@@ -82,6 +83,9 @@ class MeftTableActor:
     async def table(self, layer: int, name: str, version: int = 0) -> torch.Tensor:
         await self._wait(version)
         return self.store.table(layer, name)
+
+
+MeftTableActor = ray.remote(num_cpus=0, max_concurrency=64)(TableServer)
 
 
 class ActorStore:
