@@ -1,11 +1,22 @@
-"""EVOKE on the synthetic knowledge graph: recall vs overfit for FT-L, ROME, MEMIT, ROME-LTI, MEMIT-LTI.
+"""EVOKE recall vs overfit for FT-L, ROME, MEMIT, ROME-LTI, MEMIT-LTI, with and without LTI.
 
-The tiny model first learns the graph by SFT (the edit job's cached knowledge model, built on
-first use through Ray). Each editor then runs the single-edit protocol (edit, score, restore)
-in-process with the edit job's worker class. Writes runs/bench/evoke_lti.json + .png.
+`--model tiny` (default): the synthetic knowledge graph. The tiny model first learns the graph by
+SFT (the edit job's cached knowledge model, built on first use through Ray). Writes
+runs/bench/evoke_lti.json + .png.
 
-    python benchmarks/evoke_lti.py --quick      # 8 cases per editor (needs the cached model: <60 s)
-    python benchmarks/evoke_lti.py              # every case
+`--model real`: SmolLM2-135M-Instruct (configs/edit/*_real.yaml) on the curated world facts it is
+probed to know (lathe.data.world_facts), covariance statistics from its own samples (cached).
+Writes runs/bench/evoke_lti_real.json + .md + .png and states whether the paper's two claims hold:
+editing overfit exists (a base editor that takes its edits lowers the mean EOS) and LTI reduces it at
+equal efficacy (higher mean EOS, efficacy within 10 points).
+
+Each editor runs the single-edit protocol (edit, score, restore) in-process with the edit job's
+worker class.
+
+    python benchmarks/evoke_lti.py --quick              # 4 main + 2 subj cases per editor (cached model: <60 s)
+    python benchmarks/evoke_lti.py                      # every case
+    python benchmarks/evoke_lti.py --model real --quick # 3 main + 2 subj cases per editor
+    python benchmarks/evoke_lti.py --model real         # the config's records (data.n_main + data.n_subj)
 """
 
 from __future__ import annotations
@@ -66,8 +77,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cases", type=int, default=None)
+    ap.add_argument("--model", choices=["tiny", "real"], default="tiny")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--editors", default=",".join(EDITORS), help="--model real: a comma-separated subset")
+    ap.add_argument("--model-path", default=None, help="--model real: an HF directory instead of the zoo preset")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    if args.model == "real":
+        return real_main(args)
     from lathe.jobs import edit as E
     from lathe.platform.config import load_config
 
@@ -115,6 +132,116 @@ def main() -> None:
           f"{g('rome', 'efficacy'):.0f} -> {g('rome_lti', 'efficacy'):.0f}; MEMIT {g('memit', 'overfit_EOS_mean'):.1f} -> "
           f"MEMIT-LTI {g('memit_lti', 'overfit_EOS_mean'):.1f} (x{g('memit_lti', 'overfit_EOS_mean') / max(g('memit', 'overfit_EOS_mean'), 1e-9):.2f}), "
           f"efficacy {g('memit', 'efficacy'):.0f} -> {g('memit_lti', 'efficacy'):.0f}")
+
+
+# ---------------------------------------------------------------------------------------
+# --model real
+
+
+def real_overrides(model_path: str | None) -> list[str]:
+    return [f"cache_dir={ROOT / 'runs' / 'cache'}"] + ([f"model.path={model_path}"] if model_path else [])
+
+
+def real_setup(n_main: int | None, n_subj: int | None, model_path: str | None = None):
+    """(loaded model, tokenizer, main, subj, probe info, stats texts) for configs/edit/rome_real.yaml."""
+    from lathe.jobs import edit as E
+    from lathe.jobs.sft import load_artifact
+    from lathe.platform.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "edit" / "rome_real.yaml", real_overrides(model_path))
+    model_dir = E.pretrained_model_dir(cfg)
+    t = time.perf_counter()
+    model, tok = load_artifact(model_dir)
+    model.eval()
+    print(f"loaded {model_dir} in {time.perf_counter() - t:.1f}s", flush=True)
+    t = time.perf_counter()
+    main, subj, info, texts = E.world_setup_local(model, tok, cfg.data, cfg.stats, cfg.seed, cfg.cache_dir)
+    print(f"probe: the model knows {info['known']} of {info['candidates']} facts ({info['per_relation']}); "
+          f"{len(main)} main + {len(subj)} subject-specificity records; {len(texts)} stats samples "
+          f"({time.perf_counter() - t:.1f}s)", flush=True)
+    main = main[:n_main] if n_main else main
+    subj = subj[:n_subj] if n_subj is not None else subj
+    return model, tok, main, subj, info, texts
+
+
+def claims(out: dict) -> list[str]:
+    """The paper's two claims, judged on the measured summaries (x100)."""
+    g = lambda ed, k, when="post": out[ed]["summary"][when].get(k, float("nan"))  # noqa: E731
+    lines = []
+    for base in ("ft_l", "rome", "memit"):
+        if base not in out:
+            continue
+        drop = g(base, "overfit_EOS_mean", "pre") - g(base, "overfit_EOS_mean")
+        took = g(base, "efficacy") >= 50
+        verdict = "yes" if took and drop > 0 else ("no (the edits did not take)" if not took else "no")
+        lines.append(f"editing overfit exists for {base}: {verdict} -- efficacy {g(base, 'efficacy'):.1f}, mean EOS "
+                     f"{g(base, 'overfit_EOS_mean', 'pre'):.1f} -> {g(base, 'overfit_EOS_mean'):.1f} (drop {drop:.1f}), "
+                     f"DP on prefix distraction {g(base, 'prefix_distraction.DP', 'pre'):.3f} -> "
+                     f"{g(base, 'prefix_distraction.DP'):.3f}")
+    for base in ("rome", "memit"):
+        lti = base + "_lti"
+        if base not in out or lti not in out:
+            continue
+        gain = g(lti, "overfit_EOS_mean") - g(base, "overfit_EOS_mean")
+        equal = abs(g(lti, "efficacy") - g(base, "efficacy")) <= 10
+        verdict = "yes" if gain > 0 and equal else ("no (efficacy differs by > 10 points)" if not equal else "no")
+        lines.append(f"LTI reduces overfit at equal efficacy for {base}: {verdict} -- mean EOS "
+                     f"{g(base, 'overfit_EOS_mean'):.1f} -> {g(lti, 'overfit_EOS_mean'):.1f} ({gain:+.1f}), efficacy "
+                     f"{g(base, 'efficacy'):.1f} -> {g(lti, 'efficacy'):.1f}, paraphrase {g(base, 'paraphrase'):.1f} -> "
+                     f"{g(lti, 'paraphrase'):.1f}")
+    return lines
+
+
+def real_main(args) -> None:
+    from lathe.jobs import edit as E
+    from lathe.methods.editing.common import Resolver, load_or_compute_stats
+    from lathe.platform.config import load_config
+    from lathe.platform.runstore import markdown_table
+
+    n = args.cases or (3 if args.quick else None)
+    model, tok, main_recs, subj_recs, info, texts = real_setup(n, (max(1, n // 2) + (1 if args.quick else 0)) if n else None,
+                                                               args.model_path)
+    recs = [("main", r) for r in main_recs] + [("subj", r) for r in subj_recs]
+    out, t0 = {}, time.perf_counter()
+    bench = ROOT / "runs" / "bench"
+    for ed in args.editors.split(","):
+        cfg = load_config(ROOT / "configs" / "edit" / f"{ed}_real.yaml", real_overrides(args.model_path))
+        layers = E._layers(cfg.editor, cfg.options, E.pretrained_model_dir(cfg))
+        t = time.perf_counter()
+        stats = load_or_compute_stats(model, tok, Resolver.of(model), layers, texts, cfg.stats.n_samples,
+                                      ROOT / "runs" / "cache" / "stats", cfg.seed) if layers else {}
+        t_stats = time.perf_counter() - t
+        w = E.EditWorker("", cfg.editor, cfg.options, stats, args.threads, cfg.seed, loaded=(model, tok))
+        t = time.perf_counter()
+        rows = w.run_batches([[r] for r in recs], check_restore=len(recs), gen_log=0)
+        s = E.summarize(rows)
+        out[ed] = {"summary": s, "wall_s": time.perf_counter() - t, "stats_s": t_stats, "cases": len(rows),
+                   "mean_edit_s": sum(r["edit_s"] for r in rows) / len(rows), "layers": layers}
+        post = s["post"]
+        print(f"{ed:10s} efficacy {post.get('efficacy', 0):5.1f} paraphrase {post.get('paraphrase', 0):5.1f} "
+              f"overfit EOS {post['overfit_EOS_mean']:5.1f} (pre {s['pre']['overfit_EOS_mean']:5.1f})  "
+              f"{out[ed]['wall_s']:.1f}s ({out[ed]['mean_edit_s']:.1f}s/edit; stats {t_stats:.1f}s)", flush=True)
+        bench.mkdir(parents=True, exist_ok=True)  # partial results survive an interrupted run
+        (bench / "evoke_lti_real.partial.json").write_text(json.dumps(out, indent=1, default=float))
+    columns = {"unedited": next(iter(out.values()))["summary"]["pre"]}
+    columns.update({ed: r["summary"]["post"] for ed, r in out.items()})
+    table = E.task_table(columns)
+    points = {"unedited": (columns["unedited"].get("efficacy", 0), columns["unedited"]["overfit_EOS_mean"])}
+    points.update({ed: (s.get("efficacy", 0), s["overfit_EOS_mean"]) for ed, s in columns.items() if ed != "unedited"})
+    E.eos_efficacy_plot(bench / "evoke_lti_real.png", points,
+                        "EVOKE (SmolLM2-135M-Instruct, world facts): EOS vs efficacy")
+    verdicts = claims(out)
+    (bench / "evoke_lti_real.json").write_text(json.dumps(
+        {"quick": args.quick, "probe": info, "main_cases": len(main_recs), "subj_cases": len(subj_recs),
+         "results": out, "table": table, "claims": verdicts}, indent=1, default=float))
+    (bench / "evoke_lti_real.md").write_text(table + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+    print(table)
+    print(f"total {time.perf_counter() - t0:.1f}s; {len(main_recs)} main + {len(subj_recs)} subject-specificity cases")
+    for v in verdicts:
+        print(v)
+    g = lambda ed, k: out[ed]["summary"]["post"].get(k, float("nan")) if ed in out else float("nan")  # noqa: E731
+    print(f"mean EOS ratio with/without LTI: ROME-LTI/ROME x{g('rome_lti', 'overfit_EOS_mean') / max(g('rome', 'overfit_EOS_mean'), 1e-9):.2f}, "
+          f"MEMIT-LTI/MEMIT x{g('memit_lti', 'overfit_EOS_mean') / max(g('memit', 'overfit_EOS_mean'), 1e-9):.2f}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 from lathe.methods.retrieval.index import VectorIndex, numpy_topk  # noqa: E402
 
@@ -89,8 +89,8 @@ def best_of(fn, reps: int, name: str | None = None):
     return best, out
 
 
-def main() -> None:
-    p = parser(__doc__)
+def main() -> int:
+    p = add_enforce(parser(__doc__))
     p.add_argument("--threads", type=int, default=THREADS, help="threads for numpy's BLAS and faiss (default 2)")
     p.add_argument("--n", type=int, default=43215)
     p.add_argument("--dim", type=int, default=384)
@@ -144,12 +144,16 @@ def main() -> None:
         if k not in ("hnsw_sweep", "hnsw_pick"):
             print(f"{k:>30}: {v:.4g}" if isinstance(v, float) else f"{k:>30}: {v}")
     print(f"json: {path}")
+    status = verdict({"faiss Flat >= 2x numpy (wall)": res["flat_vs_numpy"] >= 2.0,
+                      "HNSW >= 10x Flat at recall@10 >= 0.95": pick["recall@10"] >= 0.95 and pick["vs_flat"] >= 10},
+                     args.no_enforce)
     print(f"retrieval_speed ({args.n}x{args.dim}, {nq} queries, {args.threads} threads): faiss Flat "
           f"{res['flat_vs_numpy']:.2f}x numpy wall, {res['flat_vs_numpy_cpu']:.2f}x CPU time "
           f"(top-10 identical {identical:.3f}; target >= 2x); HNSW "
           f"efSearch={pick['ef_search']} {pick['vs_flat']:.1f}x Flat at recall@10 {pick['recall@10']:.3f} "
           f"(target >= 10x at >= 0.95)")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 SIZES = {  # data sizes, fine-tuning steps / batch / group size / max tokens
     "quick": {"n_tools": 100, "n_queries": 40, "n_train": 64, "steps": 5, "batch": 4, "group": 4, "max_length": 64},
@@ -37,8 +37,8 @@ SIZES = {  # data sizes, fine-tuning steps / batch / group size / max tokens
 }
 
 
-def main() -> None:
-    p = parser(__doc__)
+def main() -> int:
+    p = add_enforce(parser(__doc__))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     scale = "quick" if args.quick else "full"
@@ -101,10 +101,14 @@ def main() -> None:
     path = save("toolret_quality", args.out, result)
     print(f"json: {path}")
     n_help = sum(v["helps"] for v in helps.values())
+    ft, base = summary["MiniLM fine-tuned"]["instruct"]["ndcg@10"], summary["all-MiniLM-L6-v2"]["instruct"]["ndcg@10"]
+    status = verdict({"instructions raise NDCG@10 and C@10 for every retriever": n_help == len(helps),
+                      "fine-tuning raises MiniLM's NDCG@10 (w/ inst.)": ft > base}, args.no_enforce)
     parts = [f"{n} {m['query_only']['ndcg@10']:.1f}->{m['instruct']['ndcg@10']:.1f}" for n, m in summary.items()]
     print(f"toolret_quality[{scale}] NDCG@10 w/o->w/ inst.: {'; '.join(parts)}; instructions help "
           f"{n_help}/{len(helps)} retrievers (NDCG@10 and C@10); wall {wall:.0f} s")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

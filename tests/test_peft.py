@@ -225,8 +225,9 @@ def test_errors_are_one_clear_line():
         P.get("lora").apply(tiny(), {"rank": 4})
     with pytest.raises(ConfigError, match=r"adapter.r "):
         P.get("lora").apply(tiny(), {"r": 0})
-    with pytest.raises(ConfigError, match=r"adapter.total_steps"):
-        P.get("aslora").apply(tiny(), {})
+    unscheduled = P.get("aslora").apply(tiny(), {})  # the loop sets total_steps; without it, merging is an error
+    with pytest.raises(ConfigError, match=r"adapter.total_steps \(aslora\): unknown"):
+        P.get("aslora").after_step(unscheduled, 1)
     for bad in ({"target_modules": ["qq_proj"]}, {"n": 3}):
         try:
             P.get("melora").apply(tiny(), bad)

@@ -40,7 +40,7 @@ def test_sft_lora_job_saves_adapter_only(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_sft_aslora_job_logs_merges(ray_local, tmp_path):
-    res, run = _run("configs/sft/aslora.yaml", tmp_path, "train.max_steps=10", "adapter.total_steps=10",
+    res, run = _run("configs/sft/aslora.yaml", tmp_path, "train.max_steps=10",  # total_steps: from the loop
                     "train.lr=3e-2")
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     slots = [r["aslora_slots"] for r in rows if "aslora_slots" in r]

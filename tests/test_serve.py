@@ -92,12 +92,18 @@ def test_retriever_app_http_422_then_serves(served):
     offline.index(tools)
     assert [h["id"] for h in body["results"]] == [i for i, _ in offline.search([target.doc["name"]], k=5)[0]]
 
-    d = toolret.ToolRetData(tools, [])
-    assert run_retriever  # the evaluator's path is exercised in test_toolret
+    inst = "Given a `x` task, retrieve tools."
     dense = httpx.post(url + "/search", json={"query": target.doc["name"], "k": 3, "retriever": "dense",
-                                              "instruction": "Given a `x` task, retrieve tools."},
-                       headers=auth, timeout=60).json()
-    assert dense["mode"] == "instruct" and len(dense["results"]) == 3 and d.tools
+                                              "instruction": inst}, headers=auth, timeout=60).json()
+    assert dense["mode"] == "instruct" and len(dense["results"]) == 3
+    # the served dense ranking is the offline evaluator's (run_retriever) ranking for the same query
+    from lathe.methods.retrieval.dense import DenseRetriever
+
+    offline_dense = DenseRetriever(doc_max_length=64)
+    offline_dense.index(tools)
+    one = toolret.ToolRetData(tools, [toolret.Query("q0", target.doc["name"], inst, [], "web", "x")])
+    ranked = sorted(run_retriever(offline_dense, one, "instruct", top_k=3)["q0"].items(), key=lambda x: -x[1])
+    assert [h["id"] for h in dense["results"]] == [i for i, _ in ranked]
     emb = httpx.post(url + "/embed", json={"texts": ["a", "b"]}, headers=auth, timeout=60).json()
     assert emb["dim"] == 384 and len(emb["embeddings"]) == 2
 

@@ -22,12 +22,54 @@ def _cfg(tmp_path, **train):
     return validate(data, "test")
 
 
+def _ddp_replica(cfg, steps: int) -> list[float]:
+    """Rank 0's logged losses, recomputed in this process: each rank's own batches (the loop's
+    sharding), gradients averaged over both ranks as DDP's all-reduce does, then one AdamW step."""
+    import torch
+
+    from lathe.jobs import trainer as T
+    from lathe.jobs.sft import SFTTask, load_rows
+    from lathe.platform.zoo import resolve_source
+
+    train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
+    corpus = [r["question"] + " " + r["answer"] for r in train_rows + eval_rows]
+    task = SFTTask(resolve_source(cfg.model, corpus, cfg.seed), train_rows, cfg.data.max_length, "full", {})
+    torch.manual_seed(cfg.seed)
+    built = task.build()
+    model, n = built.model.train(), len(built.dataset)
+    opt = T.make_optimizer(model, cfg.train)
+    sched = T.make_schedule(opt, cfg.train, T.total_steps(n, cfg.train, 2))
+    shards = [T.epoch_batches(n, cfg.train.batch_size, 0, cfg.seed, rank, 2) for rank in (0, 1)]
+    logged = []
+    for step in range(steps):
+        grads = []
+        for rank in (0, 1):
+            loss, _ = task.loss(model, built.collate([built.dataset[j] for j in shards[rank][step]]))
+            loss.backward()
+            if rank == 0:
+                logged.append(float(loss))
+            grads.append([p.grad.clone() for p in model.parameters()])
+            opt.zero_grad(set_to_none=True)
+        for p, g0, g1 in zip(model.parameters(), *grads):
+            p.grad = (g0 + g1) / 2
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return logged
+
+
 def test_sft_loss_decreases_on_two_workers(ray_local, tmp_path):
     cfg = _cfg(tmp_path, max_steps=24, checkpoint_every=24)
     run = RunDir.create(cfg)
     res = SFTJob().run(cfg, run, show_progress=False)
     steps = [r for r in run.metrics() if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 25))
+    # two DDP ranks ran: the loop's world size, rank 0's own shard at step 1, and at steps 2-3 the
+    # update made from both ranks' averaged gradients (a lone rank, or unsynced ranks, log other losses)
+    assert res["workers"] == 2 and {"event": "workers", "world_size": 2} in run.metrics()
+    replica = _ddp_replica(cfg, 3)
+    assert [r["loss"] for r in steps[:3]] == pytest.approx(replica, rel=1e-4)
     first, last = sum(r["loss"] for r in steps[:3]) / 3, sum(r["loss"] for r in steps[-3:]) / 3
     assert last < 0.6 * first, (first, last)
     assert res["steps"] == 24 and res["eval_loss"] < first

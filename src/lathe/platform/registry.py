@@ -24,9 +24,13 @@ _PROVIDERS: dict[str, list[str]] = {
         "lathe.jobs.unlearn",
         "lathe.jobs.edit",
         "lathe.jobs.retrieval",
+        "lathe.jobs.dpo",
+        "lathe.jobs.reward_model",
+        "lathe.jobs.macpo",
     ],
-    "peft": ["lathe.methods.peft"],
+    "peft": ["lathe.methods.peft", "lathe.methods.meft"],
     "unlearning_loss": ["lathe.methods.unlearning"],
+    "sft_data": ["lathe.methods.lego.finetune"],
 }
 
 

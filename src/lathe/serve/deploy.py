@@ -10,21 +10,50 @@ from lathe.serve.config import ServeConfig
 
 
 def materialize_model(cfg: ServeConfig) -> str:
-    """A local model dir for the LLM app: the configured path, or a tiny preset saved under output_root."""
-    m = cfg.llm.model
-    if m.path:
-        if not (Path(m.path) / "config.json").is_file():
-            from lathe.platform.errors import ConfigError
+    """A local HF model dir for the LLM app: a pretrained preset's converted dir, the configured
+    artifact (an adapter is merged into its recorded base, cached), or a tiny preset saved once."""
+    from lathe.platform.pretrained import PRETRAINED, pretrained_dir
 
-            raise ConfigError(f"llm.model.path: {m.path} is not a model directory (no config.json)")
-        return str(Path(m.path).resolve())
-    out = Path(cfg.output_root) / "serve_models" / f"{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
+    m = cfg.llm.model
+    cache = Path(cfg.output_root) / "serve_models"
+    if m.path:
+        from lathe.methods.peft.artifact import merged_dir
+
+        return str(merged_dir(m.path, cache).resolve())
+    if m.preset in PRETRAINED:
+        return str(pretrained_dir(m.preset))
+    out = cache / f"{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
     if not (out / "config.json").is_file():
         from lathe.data import qa
         from lathe.platform.zoo import resolve_source, save_pretrained
 
         corpus = [r["question"] + " " + r["answer"] for r in qa.generate(256, cfg.seed)]
         model, tok = resolve_source(m, corpus, cfg.seed).load()
+        save_pretrained(model, tok, out)
+    return str(out.resolve())
+
+
+def lego_model_dir(cfg: ServeConfig) -> str:
+    """The LEGO assistant's LLM dir: the configured path or preset, else the embedded default."""
+    m = cfg.lego.llm.model
+    if m is None:
+        from lathe.jobs.lego_assistant import assistant_dir
+
+        return str(assistant_dir().resolve())
+    if m.path:
+        if not (Path(m.path) / "config.json").is_file():
+            from lathe.platform.errors import ConfigError
+
+            raise ConfigError(f"lego.llm.model.path: {m.path} is not a model directory (no config.json)")
+        return str(Path(m.path).resolve())
+    out = Path(cfg.output_root) / "serve_models" / f"lego-{m.preset}-v{m.tokenizer_vocab}-s{cfg.seed}"
+    if not (out / "config.json").is_file():
+        from lathe.methods.lego.finetune import build_rows
+        from lathe.methods.sft import row_text
+        from lathe.platform.zoo import resolve_source, save_pretrained
+
+        rows, _ = build_rows({"formats": ["v2", "agent"], "n_manuals": 2, "steps_per_manual": 10}, cfg.seed)
+        model, tok = resolve_source(m, [row_text(r) for r in rows], cfg.seed).load()
         save_pretrained(model, tok, out)
     return str(out.resolve())
 
@@ -53,6 +82,35 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
         serve.run(build_llm(cfg.llm, materialize_model(cfg), token), name="llm", route_prefix=cfg.llm.route_prefix,
                   blocking=False)
         urls["llm"] = base + cfg.llm.route_prefix
+    if cfg.sandbox is not None:
+        from lathe.serve.sandbox_app import build_app as build_sandbox
+
+        serve.run(build_sandbox(cfg.sandbox, token), name="sandbox", route_prefix=cfg.sandbox.route_prefix,
+                  blocking=False)
+        urls["sandbox"] = base + cfg.sandbox.route_prefix
+    if cfg.agents is not None:  # after llm and sandbox: it looks their handles up by app name
+        from lathe.serve.agents_app import build_app as build_agents
+
+        serve.run(build_agents(cfg.agents, token), name="agents", route_prefix=cfg.agents.route_prefix,
+                  blocking=False)
+        urls["agents"] = base + cfg.agents.route_prefix
+    if cfg.lego is not None:
+        from lathe.serve.lego_app import build_app as build_lego
+
+        llm_app = None
+        if cfg.lego.llm.backend == "deployment":
+            from lathe.platform.config import ModelConfig
+            from lathe.serve.config import LLMAppConfig
+            from lathe.serve.llm_app import build_app as build_llm
+
+            c = cfg.lego.llm
+            model_dir = lego_model_dir(cfg)
+            llm_cfg = LLMAppConfig(model=ModelConfig(path=model_dir), engine=c.engine, max_model_len=c.max_model_len,
+                                   max_tokens_limit=c.max_tokens_limit, replicas=c.replicas)
+            llm_app = build_llm(llm_cfg, model_dir, None)  # reached through a handle only: no HTTP route
+        serve.run(build_lego(cfg.lego, token, llm_app), name="lego", route_prefix=cfg.lego.route_prefix,
+                  blocking=False)
+        urls["lego"] = base + cfg.lego.route_prefix.rstrip("/")
     return urls
 
 

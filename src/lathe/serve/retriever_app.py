@@ -12,6 +12,8 @@ Concurrent /search requests for a dense retriever are encoded together (serve.ba
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -85,12 +87,18 @@ def build_all(cfg, tools) -> dict:
             dense = r.members[1]
         if dense is not None and key not in dense_by_model:
             saved = Path(cfg.index_dir) / spec.name if cfg.index_dir else None
-            if saved is not None and (saved / "index.faiss").is_file():
+            # a saved index is reused only for the same corpus, encoder and document cut
+            stamp = json.dumps({"ids": hashlib.sha256("\n".join(t.id for t in tools).encode()).hexdigest(),
+                                "model": spec.model_path, "family": dense.family, "index": spec.index,
+                                "doc_max_length": spec.doc_max_length})
+            if saved is not None and (saved / "index.faiss").is_file() and \
+                    (saved / "lathe_stamp.json").is_file() and (saved / "lathe_stamp.json").read_text() == stamp:
                 dense.load_index(saved)
             else:
                 dense.index(tools)
                 if saved is not None:
                     dense.save(saved)
+                    (saved / "lathe_stamp.json").write_text(stamp)
             dense_by_model[key] = dense
         elif spec.kind == "bm25":
             r.index(tools)

@@ -244,13 +244,19 @@ def add_at_positions(module, delta: torch.Tensor, rows: list[int], cols: list[in
         handle.remove()
 
 
+class StopForward(Exception):
+    """Raised by `capture_io(stop=True)` once the module ran: later layers cannot change its input."""
+
+
 @contextlib.contextmanager
-def capture_io(module) -> Iterator[dict]:
+def capture_io(module, stop: bool = False) -> Iterator[dict]:
     got: dict = {}
 
     def hook(mod, inp, out):
         got["in"] = inp[0].detach()
         got["out"] = _out_tensor(out).detach()
+        if stop:
+            raise StopForward
 
     handle = module.register_forward_hook(hook)
     try:
@@ -363,8 +369,11 @@ def second_moment(model, tok, module, texts: list[str], n_samples: int, max_leng
     for i in range(0, len(chosen), batch_size):
         ids = [tok(t)["input_ids"][:max_length] for t in chosen[i:i + batch_size]]
         enc = pad(ids, tok.pad_token_id or 0)
-        with capture_io(module) as got:
-            model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        with capture_io(module, stop=True) as got:  # skip the layers above the module
+            try:
+                model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            except StopForward:
+                pass
         k = got["in"][enc["attention_mask"].bool()].double()
         acc = k.T @ k if acc is None else acc + k.T @ k
         count += k.shape[0]

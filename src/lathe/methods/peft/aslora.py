@@ -43,7 +43,10 @@ log = logging.getLogger("lathe.peft.aslora")
 class AsloraConfig(C.AdapterConfig):
     share_scope: Literal["per_module_type", "global"] = "per_module_type"
     target_slots: int | None = Field(None, ge=1, description="final B slots per group; default ceil(L/4)")
-    total_steps: int | None = Field(None, ge=1, description="optimizer steps of the run (= train.max_steps)")
+    total_steps: int | None = Field(None, ge=1, description="optimizer steps of the run; default: set by the "
+                                                             "training loop (a different value is an error)")
+    global_a_fan_in: Literal["narrowest_reader", "max_in"] = Field(
+        "narrowest_reader", description="global scope: A's kaiming fan-in per column block (see docs/peft.md)")
     merge_start: float = Field(0.1, gt=0, lt=1, description="no merge before this fraction of steps")
     merge_end: float = Field(0.6, gt=0, le=1)
     merge_every: int | None = Field(None, ge=1, description="default: evenly spaced, exactly L-K merges")
@@ -217,6 +220,25 @@ class AsloraLayer(C.AdapterLayer):
         return d.T if self.fan_in_fan_out else d
 
 
+def global_a_init(r: int, widths: list[int], rule: str, dtype, device) -> torch.Tensor:
+    """The global A (r x max_in), kaiming_uniform(a=sqrt 5).
+
+    `max_in` draws every column with fan-in max_in (VeRA's init): a layer reading A[:, :d_in] then
+    starts with bound sqrt(1/max_in), smaller than its own LoRA A's sqrt(1/d_in) (by 1.6x for 4096-wide
+    projections next to an 11008-wide down_proj). `narrowest_reader` (default) draws the column block
+    [d_(j-1), d_j) with fan-in d_j, the narrowest width that reads it, so layers of the narrowest width
+    start exactly as their own LoRA A would and wider layers read their own block at their own fan-in.
+    """
+    A = torch.empty(r, widths[-1], dtype=dtype, device=device)
+    if rule == "max_in":
+        return C.kaiming_(A, widths[-1])
+    lo = 0
+    for w in widths:
+        C.kaiming_(A[:, lo:w], w)
+        lo = w
+    return A
+
+
 def group_key(name: str, d_in: int, d_out: int) -> str:
     return f"{name.rsplit('.', 1)[-1]}_{d_in}x{d_out}"
 
@@ -244,8 +266,8 @@ class ASLoRA(Method):
         dt, dev = adapter_dtype_of(first), first.weight.device
         cont = AsloraContainer()
         if cfg.share_scope == "global":
-            max_in = max(mods[n].in_features for n in names)
-            cont.A_global = nn.Parameter(C.kaiming_(torch.empty(cfg.r, max_in, dtype=dt, device=dev), max_in))
+            widths = sorted({mods[n].in_features for n in names})
+            cont.A_global = nn.Parameter(global_a_init(cfg.r, widths, cfg.global_a_fan_in, dt, dev))
         scale = cfg.lora_alpha / math.sqrt(cfg.r) if cfg.use_rslora else cfg.lora_alpha / cfg.r
         need_schedule = False
         for key, members in groups.items():
@@ -259,11 +281,22 @@ class ASLoRA(Method):
             cont.groups[key] = g
             for i, n in enumerate(members):
                 mods[n].bind(cfg.adapter_name, cont, g, i, scale, cfg.lora_dropout)
-        if need_schedule and cfg.total_steps is None:
-            raise ConfigError("adapter.total_steps (aslora): required to schedule B merges (set it to "
-                              "train.max_steps), or set adapter.target_slots to the layer count (ShareLoRA)")
-        cont.cfg = cfg.model_dump()
+        cont.cfg = {**cfg.model_dump(), "need_schedule": need_schedule}
         model.lathe_aslora = cont
+
+    @staticmethod
+    def set_total_steps(model: nn.Module, total: int) -> None:
+        """The training loop's step count schedules the merges; a hand-set different value is an error."""
+        cont: AsloraContainer | None = getattr(model, "lathe_aslora", None)
+        if cont is None:
+            return
+        given = cont.cfg.get("total_steps")
+        if given is not None and given != total:
+            raise ConfigError(f"adapter.total_steps={given} (aslora) but the training loop runs {total} optimizer "
+                              f"steps; leave adapter.total_steps unset (it is taken from the loop)")
+        cont.cfg["total_steps"] = total
+        for meta in getattr(model, "lathe_peft", {}).values():
+            meta["config"]["total_steps"] = total  # the saved adapter_config records the schedule's horizon
 
     # --- schedule ------------------------------------------------------------------------
     @staticmethod
@@ -296,6 +329,10 @@ class ASLoRA(Method):
         cont: AsloraContainer | None = getattr(model, "lathe_aslora", None)
         if cont is None:
             return {}
+        if cont.cfg.get("need_schedule") and not cont.cfg.get("total_steps"):
+            raise ConfigError("adapter.total_steps (aslora): unknown, so B merges cannot be scheduled; train through "
+                              "the training loop (it sets it), call ASLoRA.set_total_steps, or set target_slots to "
+                              "the layer count (ShareLoRA)")
         merged = 0
         last_sim = None
         for key, g in cont.groups.items():

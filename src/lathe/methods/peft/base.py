@@ -42,6 +42,7 @@ class Method:
                 raise ConfigError(f"adapter.target_modules ({self.name}): {n} is itself an adapter wrapper")
         # targets may be the base_layer of an existing wrapper: adapt the wrapper instead
         names = [n[: -len(".base_layer")] if n.endswith(".base_layer") else n for n, _ in targets]
+        names = self.select_targets(cfg, names)
         mods = dict(model.named_modules())
         self.check(cfg, [(n, mods[n].base_layer if isinstance(mods[n], C.AdapterLayer) else mods[n]) for n in names])
         existing = getattr(model, "lathe_peft", {})
@@ -54,9 +55,9 @@ class Method:
         for n in names:
             m = mods[n]
             if isinstance(m, self.Layer):
-                self.add_to_layer(m, cfg)
+                self.add_to_layer(m, self.layer_config(cfg, n))
             else:
-                C.set_submodule(model, n, self.new_layer(m, cfg))
+                C.set_submodule(model, n, self.new_layer(m, self.layer_config(cfg, n)))
         resolved = cfg.target_modules if cfg.target_modules is not None else sorted({n.rsplit(".", 1)[-1] for n in names})
         existing = dict(existing)
         existing[cfg.adapter_name] = {"method": self.name, "config": {**cfg.model_dump(), "target_modules": resolved},
@@ -67,6 +68,14 @@ class Method:
 
     def after_inject(self, model: nn.Module, cfg, names: list[str]) -> None:
         pass
+
+    def select_targets(self, cfg, names: list[str]) -> list[str]:
+        """Narrow the matched module names (LoRA: `layers_to_transform`)."""
+        return names
+
+    def layer_config(self, cfg, name: str):
+        """The options one module gets (LoRA: `rank_pattern` / `alpha_pattern`)."""
+        return cfg
 
     # --- saving ------------------------------------------------------------------------
     def layer_tensors(self, layer: C.AdapterLayer, adapter: str) -> dict[str, torch.Tensor]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from lathe.methods.peft import common as C
@@ -20,7 +22,51 @@ from lathe.platform.registry import register
 
 
 class LoraConfig(C.AdapterConfig):
-    pass
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="peft: module-name pattern -> r")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="peft: module-name pattern -> alpha")
+    layers_to_transform: list[int] | int | None = Field(None, description="peft: adapt only these layer indices")
+    layers_pattern: list[str] | str | None = Field(None, description="peft: the layer list's name, e.g. 'layers'")
+
+    @model_validator(mode="after")
+    def _peft_rules(self):
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("layers_to_transform cannot be used with a regex target_modules (as in peft)")
+        return self
+
+
+# HF peft LoraConfig fields that change what the adapter computes and that lathe does not
+# implement: loading an adapter that sets one is an error, never a silent approximation.
+UNSUPPORTED_PEFT = {
+    "use_dora": (False, "DoRA (use_dora) adapters"),
+    "lora_bias": (False, "lora_bias (a bias on lora_B)"),
+    "layer_replication": (None, "layer_replication"),
+    "exclude_modules": (None, "exclude_modules"),
+    "target_parameters": (None, "target_parameters"),
+    "trainable_token_indices": (None, "trainable_token_indices"),
+    "use_qalora": (False, "QALoRA (use_qalora)"),
+    "use_bdlora": (None, "BD-LoRA (use_bdlora)"),
+}
+
+
+def pattern_key(patterns: dict, name: str) -> str | None:
+    """peft's rule: the first pattern p with re.match(r"(^|.*\.)p$", name)."""
+    for key in patterns:
+        if re.match(rf"(^|.*\.){key}$", name):
+            return key
+    return None
+
+
+def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:
+    """The decoder-layer index in a module name, as peft finds it (`...layers.3.self_attn.q_proj` -> 3)."""
+    pats = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    if not pats:
+        m = re.match(r".*\.[^.]*\.(\d+)\.", name)
+        return int(m.group(1)) if m else None
+    for p in pats:
+        m = re.match(rf".*\.{p}\.(\d+)\.", name)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def lora_scale(alpha: float, r: int, rslora: bool) -> float:
@@ -76,10 +122,34 @@ class LoRA(Method):
     def add_to_layer(self, layer: LoraLayer, cfg: LoraConfig) -> None:
         layer.add_adapter(cfg.adapter_name, cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.use_rslora)
 
+    def select_targets(self, cfg: LoraConfig, names: list[str]) -> list[str]:
+        if cfg.layers_to_transform is None:
+            return names
+        keep = {cfg.layers_to_transform} if isinstance(cfg.layers_to_transform, int) else set(cfg.layers_to_transform)
+        out = [n for n in names if layer_index(n, cfg.layers_pattern) in keep]
+        if not out:
+            raise C.ConfigError(f"adapter.layers_to_transform={cfg.layers_to_transform!r} (lora): no target module "
+                                f"sits in those layers (layers_pattern={cfg.layers_pattern!r}; e.g. {names[0]})")
+        return out
+
+    def layer_config(self, cfg: LoraConfig, name: str) -> LoraConfig:
+        r_key, a_key = pattern_key(cfg.rank_pattern, name), pattern_key(cfg.alpha_pattern, name)
+        if r_key is None and a_key is None:
+            return cfg
+        return cfg.model_copy(update={"r": cfg.rank_pattern[r_key] if r_key is not None else cfg.r,
+                                      "lora_alpha": cfg.alpha_pattern[a_key] if a_key is not None else cfg.lora_alpha})
+
     def layer_tensors(self, layer: LoraLayer, adapter: str) -> dict[str, torch.Tensor]:
         return {"lora_A.weight": layer.lora_A[adapter].weight, "lora_B.weight": layer.lora_B[adapter].weight}
 
     def load_layer_tensors(self, layer: LoraLayer, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
+        known = {f"{p}.weight" for p in ("lora_A", "lora_B")} | {f"{p}.{adapter}.weight" for p in ("lora_A", "lora_B")}
+        extra = sorted(set(tensors) - known)
+        if extra:
+            what = "DoRA magnitudes (lora_magnitude_vector)" if any("lora_magnitude_vector" in k for k in extra) \
+                else f"tensor {extra[0]!r}"
+            raise C.ConfigError(f"adapter file holds {what}, which lathe's LoRA does not implement; merge the "
+                                f"adapter into the base model with peft (merge_and_unload) and load that instead")
         with torch.no_grad():
             for part, mod in (("lora_A", layer.lora_A[adapter]), ("lora_B", layer.lora_B[adapter])):
                 key = f"{part}.weight" if f"{part}.weight" in tensors else f"{part}.{adapter}.weight"
@@ -102,11 +172,21 @@ class LoRA(Method):
             "target_modules": cfg["target_modules"], "bias": cfg["bias"],
             "fan_in_fan_out": bool(cfg["fan_in_fan_out"]), "use_rslora": cfg["use_rslora"],
             "modules_to_save": cfg["modules_to_save"] or None, "init_lora_weights": True,
-            "inference_mode": True, "use_dora": False,
+            "inference_mode": True, "use_dora": False, "rank_pattern": cfg["rank_pattern"],
+            "alpha_pattern": cfg["alpha_pattern"], "layers_to_transform": cfg["layers_to_transform"],
+            "layers_pattern": cfg["layers_pattern"],
         }
 
     def options_from_saved(self, cfg_dict: dict) -> dict:
+        for key, (default, what) in UNSUPPORTED_PEFT.items():
+            v = cfg_dict.get(key, default)
+            if v not in (default, None, False, [], {}):
+                raise C.ConfigError(f"adapter_config.json: {what}: not supported by lathe's LoRA ({key}={v!r}); "
+                                    f"merge the adapter into the base model with peft (merge_and_unload) instead")
         opts = super().options_from_saved(cfg_dict)
+        for key in ("rank_pattern", "alpha_pattern"):
+            if not opts.get(key):
+                opts.pop(key, None)
         if opts.get("modules_to_save") is None:
             opts.pop("modules_to_save", None)
         opts.setdefault("fan_in_fan_out", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lathe.methods.retrieval.base import Hits, Retriever
 from lathe.methods.retrieval.formatting import format_query
@@ -22,13 +22,25 @@ class RetrieverSpec(Strict):
     kind: Literal["bm25", "dense", "hybrid"] = "dense"
     label: str | None = Field(None, description="name shown in tables / used by the service; default: kind")
     model_path: str | None = Field(None, description="dense: local encoder dir; default: the shipped MiniLM")
-    family: str | None = Field(None, description="dense: model family for pooling/formatting; default: inferred")
+    family: str | None = Field(None, description="dense: model family (pooling, normalisation, query format); "
+                                                 "required with model_path unless lathe saved the encoder")
     index: Literal["flat", "hnsw", "ivf"] = "flat"
     batch_size: int = Field(32, ge=1)
-    doc_max_length: int = Field(256, ge=8, le=2048)
+    doc_max_length: int | None = Field(None, ge=8, le=2048,
+                                       description="cut documents shorter than the spec's min(model max positions, "
+                                                   "2048) tokens (default: the spec's)")
     weights: list[float] = Field(default_factory=lambda: [0.3, 0.7], description="hybrid: bm25, dense weights")
     fusion: Literal["minmax", "rrf"] = "minmax"
     depth: int = Field(100, ge=1, le=1000)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str | None) -> str | None:
+        from lathe.methods.retrieval.formatting import POOLING
+
+        if v is not None and v not in POOLING:
+            raise ValueError(f"unknown encoder family {v!r}; choose one of {', '.join(sorted(POOLING))}")
+        return v
 
     @property
     def name(self) -> str:

