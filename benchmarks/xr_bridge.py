@@ -147,7 +147,7 @@ def main() -> None:
             latency[n] = res
             print(f"{n:>3} clients: p50 {res['p50_ms']:6.1f} ms  p99 {res['p99_ms']:6.1f} ms  max {res['max_ms']:6.1f} ms"
                   f"  ({res['updates']} updates, {res['updates_per_s']:.0f}/s)", flush=True)
-        slow = asyncio.run(slow_phase(srv, 30 if args.quick else 60))
+        slow = asyncio.run(slow_phase(srv, 80 if args.quick else 160))
     print(f"slow client: {slow['dropped']} stale scene frames dropped of {slow['jumps']} updates; utterance "
           f"delivered: {slow['utterance_delivered']}; last scene step {slow['last_scene_step']} "
           f"(final {slow['final_step']})", flush=True)

@@ -129,15 +129,16 @@ def test_console_chat_changes_scene_and_bad_override_shows_error(console):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(console.console_url)
             img = page.locator("#assistant-image img")
-            img.wait_for(timeout=120_000)
+            img.wait_for(timeout=400_000)  # the first offscreen render compiles shaders
             before = img.get_attribute("src")
             page.locator("#assistant-say textarea").fill("go to the next step")
             page.locator("#assistant-send").click()
-            page.get_by_text("Here is the next step.").wait_for(timeout=120_000)
+            page.get_by_text("Here is the next step.").wait_for(timeout=300_000)
             page.wait_for_function(f"document.querySelector('#assistant-image img') && "
                                    f"document.querySelector('#assistant-image img').src !== {json.dumps(before)}",
-                                   timeout=120_000)
-            page.get_by_text("NextStep").first.wait_for(timeout=30_000)   # the turn's tool calls
+                                   timeout=300_000)
+            page.wait_for_function("document.querySelector('#assistant-calls').innerText.includes('NextStep')",
+                                   timeout=30_000)   # the turn's tool calls
             sid = next(iter(console.bridge.assistant.sessions))
             assert console.bridge.assistant.sessions[sid].sim.current_step == 2
             # Jobs tab: a bad override shows the config error's one line, no traceback

@@ -79,9 +79,12 @@ def _table(rows: list[dict]) -> dict:
 
 
 def build(console: Console):
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no calls home
     import gradio as gr
 
-    with gr.Blocks(title="lathe console") as demo:
+    with gr.Blocks(title="lathe console", analytics_enabled=False) as demo:
         gr.Markdown("# lathe console")
         with gr.Tabs():
             if console.assistant is not None:

@@ -184,6 +184,8 @@ class XRBridge:
         from lathe.serve.lego_app import Assistant, make_llm
 
         self.cfg, self.token = cfg, token
+        register_client_frame("scene", SceneRequest)  # again here: the registry is process-global
+        register_client_frame("action", ActionFrame)
         if llm is None:
             llm = make_llm(cfg.lego)
         self.assistant = Assistant(cfg.lego, llm)

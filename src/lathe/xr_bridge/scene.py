@@ -16,11 +16,13 @@ view's key, so revisiting a step rebuilds nothing.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import math
+import queue
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,10 +332,41 @@ def _stud():
 
 
 # --- offscreen rendering -------------------------------------------------------------------------
-# Filament's renderer is costly to create (seconds) and not thread-safe: one per process, driven by
-# one worker thread.
-_RENDER_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lathe-o3d-render")
+# Filament's renderer is costly to create (seconds) and bound to the thread that made it (it aborts
+# the process if destroyed from another): one per size, created, used and destroyed by one daemon
+# thread; an atexit hook has that thread drop them before the interpreter exits.
 _RENDERERS: dict[tuple[int, int], Any] = {}
+
+
+class _RenderThread:
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="lathe-o3d-render", daemon=True)
+        self._thread.start()
+        atexit.register(self._shutdown)
+
+    def _run(self):
+        while True:
+            fn, args, fut = self._jobs.get()
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, args, fut))
+        return fut
+
+    def _shutdown(self):
+        if _RENDERERS:
+            try:
+                self.submit(_RENDERERS.clear).result(timeout=30)
+            except Exception:
+                pass
+
+
+_RENDER_POOL = _RenderThread()
 
 
 def _render_now(scene: ManualScene, view: View, meshes: list, width: int, height: int) -> bytes:
