@@ -54,7 +54,7 @@ def _success(llm_factory, tasks, tools, world):
     return score_conagents(tasks, trajs)
 
 
-@pytest.mark.slow  # ~1-2 min of Ray Train on a quiet machine; not yet run green (Ray could not start here)
+@pytest.mark.slow  # 120 sft steps + student rollouts: 5 min on the loaded 2-core machine
 def test_sft_on_oracle_trajectories_beats_the_undistilled_student(ray_local, tmp_path):
     import torch
 
