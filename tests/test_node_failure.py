@@ -60,6 +60,16 @@ def _raylet_pid(node_proc) -> int:
     raise AssertionError("no raylet under the second node's `ray start`")
 
 
+def _wait_port(port: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, "the test Ray head did not come up"
+        time.sleep(1)
+
+
 def _wait_nodes(n: int, timeout: float = 180) -> None:
     import ray
 
@@ -96,8 +106,10 @@ def test_raylet_killed_mid_run_resumes_on_the_remaining_node(tmp_path):
     shared = tmp_path / "shared"
     head_args = ["--head", f"--port={gcs}", f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false",
                  f"--ray-client-server-port={_port()}", '--resources={"blocker": 1}']
-    with _node(head_args, env), _node([f"--address=127.0.0.1:{gcs}", "--num-cpus=1"], env) as second, \
-            ray_session(f"127.0.0.1:{gcs}"):
+    with _node(head_args, env), contextlib.ExitStack() as stack:
+        _wait_port(gcs)  # the second node and the driver join a head that is up
+        second = stack.enter_context(_node([f"--address=127.0.0.1:{gcs}", "--num-cpus=1"], env))
+        stack.enter_context(ray_session(f"127.0.0.1:{gcs}"))
         _wait_nodes(2)
 
         # hold one head CPU so the two 1-CPU workers start one per node; freed before the kill
