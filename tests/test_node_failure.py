@@ -1,7 +1,11 @@
 """Node failure as Ray's own tests do it: a two-node cluster on loopback (`ray start --head`, then
 `ray start --address` with its own resources), a 2-worker sft job spread over both nodes with
 `ray.storage_path` on a shared directory, and the second node's raylet killed mid-run. The job must
-finish on the remaining node from its last checkpoint, with no step lost or repeated past it."""
+finish on the remaining node from its last checkpoint, with no step lost or repeated past it.
+
+Status: not yet seen passing. On the shared 2-core machine (load 30-60) the loopback cluster came up
+and both nodes registered, but the in-process driver did not attach to it (ray.init rewrites 127.0.0.1 to
+the outward IP; with that patched it found no local node); see the issue-17 report."""
 
 from __future__ import annotations
 
@@ -60,6 +64,16 @@ def _raylet_pid(node_proc) -> int:
     raise AssertionError("no raylet under the second node's `ray start`")
 
 
+def _wait_port(port: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert time.monotonic() < deadline, "the test Ray head did not come up"
+        time.sleep(1)
+
+
 def _wait_nodes(n: int, timeout: float = 180) -> None:
     import ray
 
@@ -81,7 +95,7 @@ def _cfg(tmp_path, storage, **train):
                              "storage_path": str(storage)}}, "test")
 
 
-def test_raylet_killed_mid_run_resumes_on_the_remaining_node(tmp_path):
+def test_raylet_killed_mid_run_resumes_on_the_remaining_node(tmp_path, monkeypatch):
     import ray
     from ray.util.placement_group import placement_group_table
 
@@ -89,6 +103,10 @@ def test_raylet_killed_mid_run_resumes_on_the_remaining_node(tmp_path):
     from lathe.platform.runstore import RunDir
     from lathe.platform.runtime import ray_session
 
+    # ray.init rewrites a 127.0.0.1 address to the machine's outward IP; this cluster lives on loopback
+    import ray._private.services as services
+
+    monkeypatch.setattr(services, "get_node_ip_address", lambda address=None: "127.0.0.1")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     gcs = _port()
@@ -96,8 +114,10 @@ def test_raylet_killed_mid_run_resumes_on_the_remaining_node(tmp_path):
     shared = tmp_path / "shared"
     head_args = ["--head", f"--port={gcs}", f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false",
                  f"--ray-client-server-port={_port()}", '--resources={"blocker": 1}']
-    with _node(head_args, env), _node([f"--address=127.0.0.1:{gcs}", "--num-cpus=1"], env) as second, \
-            ray_session(f"127.0.0.1:{gcs}"):
+    with _node(head_args, env), contextlib.ExitStack() as stack:
+        _wait_port(gcs)  # the second node and the driver join a head that is up
+        second = stack.enter_context(_node([f"--address=127.0.0.1:{gcs}", "--num-cpus=1"], env))
+        stack.enter_context(ray_session(f"127.0.0.1:{gcs}"))
         _wait_nodes(2)
 
         # hold one head CPU so the two 1-CPU workers start one per node; freed before the kill
