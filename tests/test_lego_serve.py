@@ -70,15 +70,17 @@ def app(ray_local):
         "llm": {"backend": "deployment", "model": {"preset": "tiny-1m", "tokenizer_vocab": 256},
                 "replicas": {"num_cpus": 0.25}}}})
     model_dir = lego_model_dir(handle_cfg)
-    llm_app = build_llm(LLMAppConfig(model=ModelConfig(path=model_dir), engine="transformers",
-                                     replicas={"num_cpus": 0.25}), model_dir, None)
-    serve.run(build_app(handle_cfg.lego, TOKEN, llm_app), name="lego-handle", route_prefix="/handle", blocking=False)
+    serve.run(build_llm(LLMAppConfig(model=ModelConfig(path=model_dir), engine="transformers",
+                                     replicas={"num_cpus": 0.25}), model_dir, None), name="lego-handle-llm",
+              route_prefix=None)
+    serve.run(build_app(handle_cfg.lego, TOKEN, "lego-handle-llm"), name="lego-handle", route_prefix="/handle",
+              blocking=False)
     base = f"http://127.0.0.1:{port}"
     assert urls["lego"] == base
     for prefix in ("", "/client", "/handle"):
         _wait(base + prefix + "/healthz")
     yield base, f"ws://127.0.0.1:{port}"
-    for name in ("lego", "lego-client", "lego-handle"):
+    for name in ("lego", "lego-client", "lego-handle", "lego-handle-llm"):
         serve.delete(name)
     serve.shutdown()
     os.environ.pop("LEGO_TEST_TOKEN", None)

@@ -121,14 +121,24 @@ class SFTTask(TrainTask):
         (out_dir / SOURCE_FILE).write_text(json.dumps(self.source.to_dict()))
 
 
+def nf4_unavailable(cuda: bool) -> str | None:
+    """Why 4-bit NF4 cannot be used here (None when it can)."""
+    import importlib.util
+
+    if not cuda:
+        return "no CUDA GPU"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (the gpu extra)"
+    return None
+
+
 def quantize_nf4(model, tokenizer):
     """QLoRA's base: 4-bit NF4, double quantisation, bf16 compute (bitsandbytes on CUDA). Elsewhere the
     model is returned unchanged, and the job says so."""
-    import importlib.util
     import tempfile
 
-    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
-        why = "no CUDA GPU" if not torch.cuda.is_available() else "bitsandbytes is not installed (the gpu extra)"
+    why = nf4_unavailable(torch.cuda.is_available())
+    if why:
         print(f"sft: quantization nf4 skipped ({why}); the adapter trains over the full-precision base", flush=True)
         return model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -173,6 +183,16 @@ class SFTJob(Job):
             from lathe.platform.errors import ConfigError
 
             raise ConfigError(f"quantization: {cfg.quantization} needs an adapter method (e.g. method: lora)")
+        quant = cfg.quantization
+        if quant == "nf4":  # said on the driver too: the workers' own message may not reach it
+            import ray
+
+            gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+            why = nf4_unavailable(bool(torch.cuda.is_available() or (gpus and cfg.ray.use_gpu is not False)))
+            if why:
+                print(f"sft: quantization nf4 skipped ({why}); the adapter trains over the full-precision base",
+                      flush=True)
+                quant = f"nf4 skipped ({why})"
         task = SFTTask(source, train_rows, cfg.data.max_length, cfg.method, cfg.adapter, cfg.quantization)
         reporter = Reporter(run, desc=f"sft[{cfg.method}]", show=show_progress, forward=forward)
         t0 = time.perf_counter()
@@ -185,7 +205,7 @@ class SFTJob(Job):
         # After a resume the steps since the last checkpoint are logged twice; keep the latest.
         steps = sorted({r["step"]: r for r in out.metrics if "loss" in r}.values(), key=lambda r: r["step"])
         results: dict[str, Any] = {
-            "method": cfg.method, "quantization": cfg.quantization, "steps": steps[-1]["step"] if steps else 0,
+            "method": cfg.method, "quantization": quant, "steps": steps[-1]["step"] if steps else 0,
             "first_loss": steps[0]["loss"] if steps else None, "final_loss": steps[-1]["loss"] if steps else None,
             "tokens_per_s": steps[-1].get("tokens_per_s") if steps else None, "wall_s": wall,
             "workers": out.world_size, "artifact": str(out.artifact) if out.artifact else None,

@@ -107,7 +107,9 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
             model_dir = lego_model_dir(cfg)
             llm_cfg = LLMAppConfig(model=ModelConfig(path=model_dir), engine=c.engine, max_model_len=c.max_model_len,
                                    max_tokens_limit=c.max_tokens_limit, replicas=c.replicas)
-            llm_app = build_llm(llm_cfg, model_dir, None)  # reached through a handle only: no HTTP route
+            # its own Serve application (one FastAPI ingress per app), reached through a handle: no HTTP route
+            serve.run(build_llm(llm_cfg, model_dir, None), name="lego-llm", route_prefix=None)
+            llm_app = "lego-llm"
         serve.run(build_lego(cfg.lego, token, llm_app), name="lego", route_prefix=cfg.lego.route_prefix,
                   blocking=False)
         urls["lego"] = base + cfg.lego.route_prefix.rstrip("/")

@@ -178,6 +178,8 @@ class LegoAssistantServer:
         self.cfg = LegoAppConfig.model_validate(cfg)
         self._token = token
         api.state.guard = {"token": token, "max_body_bytes": self.cfg.max_body_bytes}
+        if isinstance(llm_handle, str):  # the LLM deployment's application name
+            llm_handle = serve.get_app_handle(llm_handle)
         self.assistant = Assistant(self.cfg, make_llm(self.cfg, llm_handle))
 
     @api.get("/healthz")
@@ -199,7 +201,7 @@ class LegoAssistantServer:
 
 
 def build_app(cfg, token: str | None = None, llm_app=None):
-    """A bound Serve application; `llm_app` is the bound LLM deployment (backend: deployment)."""
+    """A bound Serve application; `llm_app` names the running LLM application (backend: deployment)."""
     rep = cfg.replicas
     opts = {"ray_actor_options": {"num_cpus": rep.num_cpus, "num_gpus": rep.num_gpus},
             "max_ongoing_requests": rep.max_ongoing_requests, "num_replicas": rep.num_replicas}
