@@ -32,11 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import parser, save  # noqa: E402
 
-FEW_SHOT = ("Here are two example replies.\n\n"
-            "### Context:\nTrainee: Can we go to the next step?\n\n### Response:\n"
-            "I used NextStep. Moved on to step 2 of 10: Attach a white plate 1x2 on top of the base.\n\n"
-            "### Context:\nTrainee: Which pieces do I need here?\n\n### Response:\n"
-            "I used ShowPieces. Showing the pieces for step 3: bright red brick 2x4.\n\n")
+from lathe.eval.lego import FEW_SHOT  # noqa: E402  (how the base model is prompted; the demo uses it too)
 
 
 def free_port() -> int:
