@@ -136,6 +136,8 @@ class ActorStore:
 
 def actor_store(options: dict, rank: int | None = None, world: int | None = None) -> ActorStore:
     """The store for this worker: gets (or creates, on this node) the run's table actor."""
+    import ray
+
     cfg = MeftConfig.model_validate(options)
     if rank is None or world is None:
         try:
