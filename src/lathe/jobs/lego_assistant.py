@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from lathe.platform.pretrained import cache_root  # one cache root ($LATHE_CACHE) for every cached model
 
 DEFAULT_RECIPE: dict = {
     "job": "sft", "name": "lego-melora", "seed": 0, "method": "melora",
@@ -25,10 +26,6 @@ DEFAULT_RECIPE: dict = {
     "train": {"max_steps": 60, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 1, "checkpoint_every": 30},
     "ray": {"num_workers": 1},
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LATHE_CACHE", Path.home() / ".cache" / "lathe"))
 
 
 def recipe_key(recipe: dict) -> str:
