@@ -47,3 +47,20 @@ def tiny_model(tiny_tokenizer):
     from lathe.platform.zoo import build_tiny
 
     return build_tiny("tiny-1m", vocab_size=len(tiny_tokenizer), seed=0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._lathe_exitstatus = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """End the process once pytest has printed its summary: open3d's Filament renderer (the XR scene
+    tests) segfaults when the interpreter tears it down at exit, which turned a green run's exit code
+    into a crash. os._exit keeps pytest's own exit status."""
+    import sys
+
+    code = getattr(config, "_lathe_exitstatus", None)
+    if code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
