@@ -80,11 +80,12 @@ def worker(engine: str, dtype: str, batches: list[int], max_tokens: int, model_d
 
 
 def main() -> int:
-    from _common import parser, save
+    import argparse
 
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--no-enforce", action="store_true", help="report only; never exit non-zero")
-    p.add_argument("--worker", help=argparse_hidden())
+    from _common import add_enforce, parser, save
+
+    p = add_enforce(parser(__doc__.splitlines()[0]))
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one engine in its own process
     p.add_argument("--skip-vllm", action="store_true", help="measure transformers only")
     args = p.parse_args()
     batches, max_tokens = ([1, 8], 32) if args.quick else ([1, 8, 32], 64)
@@ -135,12 +136,6 @@ def main() -> int:
     print(f"auto picks {choice.engine}:{choice.dtype} ({choice.reason}); fastest at batch {largest} is "
           f"{best['engine']}:{best['dtype']}; auto/fastest = {ratio:.2f}x")
     return 0 if args.no_enforce or ratio >= 0.9 else 1
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":  # vLLM spawns processes: the guard is required
