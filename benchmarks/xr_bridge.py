@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -78,8 +79,12 @@ async def slow_phase(srv, jumps: int) -> dict:
     n = bridge.assistant.manual.n_steps
     async with websockets.connect(srv.ws_url, subprotocols=V2, max_size=1 << 26) as driver:
         sid = json.loads(await driver.recv())["session"]
+        # a tiny receive window, so the kernel's loopback buffers cannot absorb the backlog for it
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((srv.host, srv.port))
         async with websockets.connect(f"{srv.ws_url}?session={sid}", subprotocols=V2, max_size=1 << 26,
-                                      max_queue=1) as slow:
+                                      max_queue=1, sock=sock) as slow:
             json.loads(await slow.recv())
             await slow.send(json.dumps({"type": "action", "id": "mine", "name": "GetCurrentStep"}))
             await asyncio.sleep(0.2)  # the watcher now stops reading

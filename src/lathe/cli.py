@@ -135,9 +135,10 @@ def _cmd_env(args) -> int:
         try:
             import ray
 
-            ray.init(address=address, logging_level="ERROR")
-            rows["ray_cluster"] = {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}
-            ray.shutdown()
+            from lathe.platform.runtime import ray_session
+
+            with ray_session(address):
+                rows["ray_cluster"] = {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}
         except Exception as e:
             rows["ray_cluster"] = f"unreachable: {str(e).splitlines()[0]}"
     else:

@@ -303,10 +303,11 @@ def run_training(task: TrainTask, train: TrainConfig, ray_cfg: RayConfig, storag
     if "://" not in str(storage):
         storage = storage.resolve()
         storage.mkdir(parents=True, exist_ok=True)
-    # on the driver's node, so the metrics survive the loss of any worker node
+    # pinned to the driver's node, so the metrics survive the loss of any worker node (a soft
+    # affinity let Ray place it elsewhere when the driver's node had no free CPU)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     sink = MetricsSink.options(scheduling_strategy=here).remote()
     records: list[dict] = []
 

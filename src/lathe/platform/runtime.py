@@ -16,6 +16,31 @@ def _loopback_env() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
 
 
+def _is_loopback(address: str) -> bool:
+    if "://" in address:  # a Ray Client address: the driver runs on the cluster, not here
+        return False
+    host = address.rsplit(":", 1)[0]
+    return host == "localhost" or host.startswith("127.")
+
+
+def _init_loopback(kwargs: dict):
+    """ray.init on a cluster that lives on 127.0.0.1 (`ray start --node-ip-address=127.0.0.1`).
+
+    Ray rewrites a loopback address to the machine's outward IP before it connects, and looks for the
+    local raylet there, so a loopback-only cluster is unreachable. Its own switch for this
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is read once at import; apply it for this connection only.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        return ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[dict]:
     """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray on 127.0.0.1.
@@ -36,7 +61,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         # A driver started by `lathe submit` already carries the job's runtime env; Ray
         # refuses a second one that sets the same keys.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        ctx = ray.init(address=address, runtime_env=None if in_job else runtime_env, log_to_driver=not quiet)
+        init = dict(address=address, runtime_env=None if in_job else runtime_env, log_to_driver=not quiet)
+        ctx = _init_loopback(init) if _is_loopback(address) else ray.init(**init)
         embedded = False
     else:
         kwargs = dict(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
