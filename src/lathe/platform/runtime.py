@@ -23,6 +23,29 @@ def _is_loopback(address: str) -> bool:
     return host == "localhost" or host.startswith("127.")
 
 
+def _init_embedded(kwargs: dict):
+    """ray.init for an embedded cluster, tried twice: Ray waits a fixed 30 s for its raylet, and on an
+    overloaded machine one more try usually passes. A failed start leaves its GCS, dashboard and
+    monitors running (ray.shutdown does not know them), so they are killed before the retry."""
+    import psutil
+    import ray
+
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    try:
+        return ray.init(**kwargs)
+    except Exception as e:
+        if "timed out during startup" not in str(e):
+            raise
+    ray.shutdown()
+    leaked = [c for c in me.children(recursive=True) if c.pid not in before]
+    for c in leaked:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            c.kill()
+    psutil.wait_procs(leaked, timeout=10)
+    return ray.init(**kwargs)
+
+
 def _init_loopback(kwargs: dict):
     """ray.init on a cluster that lives on 127.0.0.1 (`ray start --node-ip-address=127.0.0.1`).
 
@@ -68,14 +91,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         kwargs = dict(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                       _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
                       logging_level="ERROR", configure_logging=True)
-        try:
-            ctx = ray.init(**kwargs)
-        except Exception as e:
-            # Ray waits a fixed 30 s for its raylet; on an overloaded machine one more try usually passes
-            if "timed out during startup" not in str(e):
-                raise
-            ray.shutdown()
-            ctx = ray.init(**kwargs)
+        ctx = _init_embedded(kwargs)
         embedded = True
     try:
         yield {"embedded": embedded, "address": getattr(ctx, "address_info", {}).get("gcs_address", address)}
