@@ -54,6 +54,7 @@ def test_encode_prompt_masks_prompt_and_keeps_its_end(tiny_tokenizer):
     assert prompt.endswith("LAST")
 
 
+@pytest.mark.slow  # ~60 s; the metrics are unit-tested in test_lego_eval, the v2 builder above
 @pytest.mark.ray
 def test_qlora_sft_20_steps_on_v2_then_metrics_script(ray_local, tmp_path, capsys):
     from lathe.jobs.lego_eval import main as metrics_main

@@ -140,6 +140,7 @@ def _chat(url, content, max_tokens=16):
     return r.json()["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow  # a Serve app on the merged artifact (~40 s); the export equality test stays fast
 def test_lora_artifact_is_served_by_path(serve_port, lora_artifact, tmp_path):
     # today's failure: "not a model directory (no config.json)" for an adapter artifact
     import httpx

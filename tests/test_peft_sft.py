@@ -20,6 +20,7 @@ def _run(path, tmp_path, *overrides):
     return lookup("job", "sft")().run(cfg, run, show_progress=False), run
 
 
+@pytest.mark.slow  # a LoRA sft job end to end; test_llm_serving's lora_artifact runs the same job in the fast suite
 def test_sft_lora_job_saves_adapter_only(ray_local, tmp_path):
     res, run = _run("configs/sft/lora.yaml", tmp_path, "train.max_steps=8", "train.lr=3e-2")
     assert res["final_loss"] < res["first_loss"]

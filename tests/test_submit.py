@@ -84,6 +84,7 @@ def _head(path: str):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # a job trained on a real head (~60 s); the pre-flight test below submits through the same path
 def test_submit_runs_job_and_logs_are_readable(head_cluster, monkeypatch, capsys):
     address, env = head_cluster
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")

@@ -192,6 +192,7 @@ def test_hybrid_and_full_corpus_search(corpus, dense):
 
 # ----------------------------------------------------------------------------- training (Ray Train)
 
+@pytest.mark.slow  # a Ray Train fit of the encoder (~40 s on 2 cores)
 def test_retriever_train_tiny_encoder_raises_train_ndcg(ray_local, tmp_path):
     from lathe.jobs.retrieval import RetrieverTrainConfig, RetrieverTrainJob
     from lathe.platform.runstore import RunDir

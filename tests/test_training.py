@@ -80,6 +80,7 @@ def test_sft_loss_decreases_on_two_workers(ray_local, tmp_path):
     assert "![loss](plots/loss.png)" in (run.path / "report.md").read_text()
 
 
+@pytest.mark.slow  # ~70 s on 2 cores; the checkpoint contract is fast in test_meft_sft, node loss in test_node_failure
 def test_injected_failure_resumes_from_last_checkpoint(ray_local, tmp_path):
     cfg = _cfg(tmp_path, max_steps=20, checkpoint_every=6, num_to_keep=2, fail_at_step=10, max_failures=1)
     run = RunDir.create(cfg)
