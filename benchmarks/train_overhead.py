@@ -1,6 +1,8 @@
 """Overhead of lathe's Ray Train loop against a plain PyTorch loop, on the same SFT step.
 
-(a) a plain loop in this process; (b) lathe's loop on 1 Ray worker with the same threads;
+(a) a plain loop in this process, run before Ray starts and again after it stops (the headline
+compares with their mean, so load drifting on a shared machine hits both sides); (b) lathe's loop
+on 1 Ray worker with the same threads, logging every step (log_every=1, the default);
 (c) lathe's loop on 2 workers vs 1, 1 thread each (full mode only: --quick prints the headline,
 saving two Ray Train start-ups of ~20 s each on 2 cores). Tokens/s past warm-up
 (median over 5-step windows).
@@ -81,7 +83,7 @@ def main() -> int:
                         precision="fp32")
     threads = max(1, min(2, os.cpu_count() or 1))
     tmp = Path(args.out) / "train_overhead_ckpt"
-    plain = plain_loop(task, train, warmup, threads)
+    plain_before = plain_loop(task, train, warmup, threads)
     with ray_session(num_cpus=4):
         # the same plain loop while Ray's own processes (GCS, raylet, idle workers) share the CPUs
         plain_ray_up = plain_loop(task, train, warmup, threads)
@@ -89,11 +91,15 @@ def main() -> int:
         if not args.quick:  # each Ray Train start costs ~20 s on 2 cores; --quick keeps the headline only
             one_1t = ray_loop(task, train, warmup, 1, 1, tmp / f"one1-{time.time_ns()}")
             two = ray_loop(task, train, warmup, 2, 1, tmp / f"two-{time.time_ns()}")
+    plain_after = plain_loop(task, train, warmup, threads)
+    plain = (plain_before + plain_after) / 2
     result = {"preset": preset, "steps": steps, "warmup": warmup, "threads": threads,
+              "plain_before_tokens_per_s": plain_before, "plain_after_tokens_per_s": plain_after,
+              "load_avg_1m": os.getloadavg()[0],
               "plain_tokens_per_s": plain, "lathe_1worker_tokens_per_s": one, "ratio_lathe_vs_plain": one / plain,
               "plain_with_ray_up_tokens_per_s": plain_ray_up, "ratio_lathe_vs_plain_ray_up": one / plain_ray_up}
     print(f"{'setting':<36}{'tokens/s':>12}")
-    print(f"{'(a) plain PyTorch, 1 process':<36}{plain:>12.0f}")
+    print(f"{'(a) plain PyTorch, before / after':<36}{plain_before:>12.0f}{plain_after:>10.0f}")
     print(f"{'(a) the same, Ray running idle':<36}{plain_ray_up:>12.0f}")
     print(f"{'(b) lathe Ray Train, 1 worker':<36}{one:>12.0f}")
     if not args.quick:

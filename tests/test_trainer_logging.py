@@ -45,7 +45,7 @@ def _reference(task, train):
         for idx in groups[step - 1]:
             loss, metrics = task.loss(model, built.collate([built.dataset[j] for j in idx]))
             (loss / len(groups[step - 1])).backward()
-            loss_sum += float(loss) / len(groups[step - 1])
+            loss_sum += float(loss.detach()) / len(groups[step - 1])
             tokens += float(metrics["tokens"])
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
         opt.step()
