@@ -11,8 +11,9 @@ from 32 concurrent clients (httpx), first with `batching.enabled=false`, then wi
 
 Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors) and the
 mean batch the replica saw, and the in-process ceiling: the same retriever (same encoder, same
-saved index, the replica's thread count) answering the same queries in batches of 32 in this
-process, measured before, between and after the HTTP runs so that machine load hits both.
+saved index, the replica's thread count) answering the same queries in this process in batches
+of the size the replica saw (1 unbatched; the batched run's mean batch), measured right after
+each HTTP run so that machine load hits both alike.
 Targets (exit 1 when one is missed; `--no-enforce` only reports): no request fails, batched
 throughput >= 3x unbatched, batched throughput >= 0.8x the in-process ceiling.
 Writes runs/bench/serve_load-<time>.json; the last line is the headline (served / in-process).
@@ -193,8 +194,7 @@ def main() -> int:
                     local = build_all(cfg.retriever, load_corpus(cfg.retriever))["dense"]
                     texts = [format_query(local.family, b["query"], b.get("instruction"),
                                           legacy_empty_instruction=local.legacy_empty_instruction)
-                             for b in bodies[:256]]
-                    ceilings.append(in_process_ceiling(local, texts, 10, args.replica_cpus))
+                             for b in bodies[:128]]
                 base = deploy(cfg)["retriever"]
                 assert base.startswith(f"http://{HOST}:"), base  # loopback only
                 wait_ready(base + "/healthz", 300)
@@ -211,12 +211,16 @@ def main() -> int:
                       f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  mean batch {res['mean_batch']:.1f}",
                       flush=True)
                 serve.delete("retriever")
-                ceilings.append(in_process_ceiling(local, texts, 10, args.replica_cpus))
-                print(f"in-process ceiling (batches of 32, {args.replica_cpus} thread(s)): {ceilings[-1]:.1f} q/s",
+                size = max(1, round(res["mean_batch"])) if batching else 1
+                res["in_process_qps"] = in_process_ceiling(local, texts, 10, args.replica_cpus, size)
+                res["served_vs_in_process"] = res["rps"] / res["in_process_qps"]
+                ceilings.append(res["in_process_qps"])
+                print(f"{'':>10}  in-process, batches of {size}, {args.replica_cpus} thread(s): "
+                      f"{res['in_process_qps']:7.1f} q/s -> served/in-process {res['served_vs_in_process']:.2f}x",
                       flush=True)
         finally:
             serve.shutdown()
-    ceiling_qps = sum(ceilings[1:]) / len(ceilings[1:])  # the two around the batched run
+    ceiling_qps = ceilings[-1]  # at the batched run's batch size
     ratio = results["batched"]["rps"] / results["unbatched"]["rps"]
     errors = sum(r["errors"] for r in results.values())
     out = {"requests_per_setting": n_req, "concurrency": args.concurrency, "tools": n_tools,
