@@ -23,12 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import add_enforce, verdict  # noqa: E402
 
-def main() -> None:
+
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--target", type=float, default=1.0, help="minimum MEMIT-batch / sequential-ROME edits/s ratio")
-    ap.add_argument("--no-enforce", action="store_true", help="report only; exit 0 even when the target is missed")
+    add_enforce(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     from evoke_lti import knowledge_setup, stats_for
@@ -85,9 +87,9 @@ def main() -> None:
     print(f"target MEMIT/ROME >= {args.target:g} at {n_rome} edits: {'met' if ok else 'MISSED'}")
     print(f"MEMIT batch {n_rome} vs sequential ROME {n_rome} edits: {same:.2f} vs {rome:.2f} edits/s, "
           f"ratio x{ratio:.2f}")
-    if not ok and not args.no_enforce:
-        sys.exit(1)
+    return verdict({f"MEMIT batch / sequential ROME edits/s >= {args.target:g} at {n_rome} edits": ok},
+                   args.no_enforce)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

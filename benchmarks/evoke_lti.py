@@ -10,6 +10,10 @@ Writes runs/bench/evoke_lti_real.json + .md + .png and states whether the paper'
 editing overfit exists (a base editor that takes its edits lowers the mean EOS) and LTI reduces it at
 equal efficacy (higher mean EOS, efficacy within 10 points).
 
+Target (the paper's table claim; exit 1 when missed, `--no-enforce` only reports): ROME-LTI and
+MEMIT-LTI each leave a higher mean EOS than ROME and MEMIT at equal efficacy (within 10 points).
+The last line is the with/without-LTI EOS ratio.
+
 Each editor runs the single-edit protocol (edit, score, restore) in-process with the edit job's
 worker class.
 
@@ -31,6 +35,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import add_enforce, verdict  # noqa: E402
 
 EDITORS = ["ft_l", "rome", "memit", "rome_lti", "memit_lti"]
 
@@ -73,8 +80,19 @@ def stats_for(cfg, model_dir, kg, layers):
                          str(Path(cfg.cache_dir) / "stats"), {}, cfg.seed)
 
 
-def main() -> None:
+def lti_targets(out: dict) -> dict[str, bool]:
+    """The paper's table claim, per base editor: with LTI the mean EOS is higher (less overfit) at
+    equal efficacy (within 10 points)."""
+    g = lambda ed, k: out[ed]["summary"]["post"].get(k, float("nan"))  # noqa: E731
+    return {f"{base.upper()}-LTI mean EOS > {base.upper()}'s at efficacy within 10 points":
+            g(base + "_lti", "overfit_EOS_mean") > g(base, "overfit_EOS_mean")
+            and abs(g(base + "_lti", "efficacy") - g(base, "efficacy")) <= 10
+            for base in ("rome", "memit") if base in out and base + "_lti" in out}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
+    add_enforce(ap)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--model", choices=["tiny", "real"], default="tiny")
@@ -132,6 +150,7 @@ def main() -> None:
           f"{g('rome', 'efficacy'):.0f} -> {g('rome_lti', 'efficacy'):.0f}; MEMIT {g('memit', 'overfit_EOS_mean'):.1f} -> "
           f"MEMIT-LTI {g('memit_lti', 'overfit_EOS_mean'):.1f} (x{g('memit_lti', 'overfit_EOS_mean') / max(g('memit', 'overfit_EOS_mean'), 1e-9):.2f}), "
           f"efficacy {g('memit', 'efficacy'):.0f} -> {g('memit_lti', 'efficacy'):.0f}")
+    return verdict(lti_targets(out), args.no_enforce)
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +211,7 @@ def claims(out: dict) -> list[str]:
     return lines
 
 
-def real_main(args) -> None:
+def real_main(args) -> int:
     from lathe.jobs import edit as E
     from lathe.methods.editing.common import Resolver, load_or_compute_stats
     from lathe.platform.config import load_config
@@ -242,7 +261,11 @@ def real_main(args) -> None:
     g = lambda ed, k: out[ed]["summary"]["post"].get(k, float("nan")) if ed in out else float("nan")  # noqa: E731
     print(f"mean EOS ratio with/without LTI: ROME-LTI/ROME x{g('rome_lti', 'overfit_EOS_mean') / max(g('rome', 'overfit_EOS_mean'), 1e-9):.2f}, "
           f"MEMIT-LTI/MEMIT x{g('memit_lti', 'overfit_EOS_mean') / max(g('memit', 'overfit_EOS_mean'), 1e-9):.2f}")
+    targets = lti_targets(out)
+    if not targets:
+        targets = {"--editors includes a base editor and its LTI variant (rome,rome_lti or memit,memit_lti)": False}
+    return verdict(targets, args.no_enforce)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -82,7 +82,7 @@ def worker(engine: str, dtype: str, batches: list[int], max_tokens: int, model_d
 def main() -> int:
     import argparse
 
-    from _common import add_enforce, parser, save
+    from _common import add_enforce, parser, save, verdict
 
     p = add_enforce(parser(__doc__.splitlines()[0]))
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one engine in its own process
@@ -135,7 +135,10 @@ def main() -> int:
     print(f"results: {out}")
     print(f"auto picks {choice.engine}:{choice.dtype} ({choice.reason}); fastest at batch {largest} is "
           f"{best['engine']}:{best['dtype']}; auto/fastest = {ratio:.2f}x")
-    return 0 if args.no_enforce or ratio >= 0.9 else 1
+    status = verdict({"engine auto >= 0.9x the fastest engine:dtype at the largest batch": ratio >= 0.9},
+                     args.no_enforce)
+    print(f"auto picks {choice.engine}:{choice.dtype}; auto/fastest = {ratio:.2f}x")
+    return status
 
 
 if __name__ == "__main__":  # vLLM spawns processes: the guard is required

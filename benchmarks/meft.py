@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 from lathe.methods.meft import Meft, meft_layers  # noqa: E402
 
 GPU_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
@@ -277,8 +277,7 @@ def quality(device, quick: bool, seeds=(0, 1)) -> dict:
 
 
 def main() -> int:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--no-enforce", action="store_true")
+    p = add_enforce(parser(__doc__.splitlines()[0]))
     p.add_argument("--quality", action="store_true", help="also run the many-facts quality comparison")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -322,7 +321,13 @@ def main() -> int:
               f"meft_helps={q['meft_helps']}")
     print(f"wrote {path}")
     print("meft: " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items()) + f" ok={ok}")
-    return 0 if ok or args.no_enforce else 1
+    targets = {"device adapter state <= 0.25x dense": ratios["mem_ratio"] <= 0.25,
+               "step time <= 1.5x dense": ratios["time_ratio"] <= 1.5,
+               "bytes/step within 10% of predicted": ratios["bytes_error"] <= 0.10}
+    for name, r in res.get("kernels", {}).items():
+        targets[f"{name} Triton kernel >= 2x torch"] = r["speedup"] >= 2
+    assert ok == all(targets.values())
+    return verdict(targets, args.no_enforce)
 
 
 if __name__ == "__main__":

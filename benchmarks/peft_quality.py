@@ -28,6 +28,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_enforce, verdict  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -173,7 +175,7 @@ def main() -> int:
     ap.add_argument("--mid", action="store_true", help="half the full budget (200/80 steps, 2 seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared machine)")
     ap.add_argument("--out", default="runs/bench/peft_quality.json")
-    ap.add_argument("--no-enforce", action="store_true", help="only report: exit 0 even when a target is missed")
+    add_enforce(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     causal_steps, enc_steps, seeds = (20, 8, [0]) if args.quick else (400, 150, [0, 1])
@@ -213,9 +215,6 @@ def main() -> int:
             r["melora_8x1"]["acc_minus_lora"] >= 0 and r["melora_8x1"]["param_ratio_vs_lora"] < 1
         targets[f"{task}: ASLoRA acc >= LoRA acc with < 25% of its parameters"] = \
             r["aslora"]["acc_minus_lora"] >= 0 and r["aslora"]["param_ratio_vs_lora"] < 0.25
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import verdict
-
     status = verdict(targets, args.no_enforce)
     print(f"peft_quality ({causal_steps}/{enc_steps} steps, {len(seeds)} seed(s), {out['wall_s']:.0f}s) "
           + " | ".join(parts))

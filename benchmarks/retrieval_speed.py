@@ -9,12 +9,19 @@ perturbed corpus vectors (a query lies near its gold tools), normalised.
 Like for like: the same float32 query batch, k=10, inner product, the same number of threads for
 numpy's BLAS (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, set before numpy loads) and for faiss
 (faiss.omp_set_num_threads); numpy's baseline is lathe.methods.retrieval.index.numpy_topk (one matmul,
-argpartition, argsort of the top k). Each timing is the best of several repetitions after a warm-up.
+argpartition, argsort of the top k). numpy, faiss Flat with lathe's BLAS block sizes
+(lathe.methods.retrieval.index: 16,384 documents x 512 queries per GEMM block) and faiss Flat with
+faiss's own defaults are timed interleaved, round by round (load on the shared machine hits all
+three); each timing is the best over the rounds after a warm-up.
 HNSW (IndexHNSWFlat, inner product) is swept over efSearch for M / efConstruction given below and
 compared with exact Flat results (recall@10 = |HNSW top-10 ∩ Flat top-10| / 10).
 
     .venv/bin/python benchmarks/retrieval_speed.py --quick     # 256 queries, M 16 / efC 40 (<60 s)
     .venv/bin/python benchmarks/retrieval_speed.py             # 2,048 queries, M 32 / efC 200
+    .venv/bin/python benchmarks/retrieval_speed.py --hnsw-1m   # + HNSW vs Flat at 43k, 200k and 1M vectors
+    .venv/bin/python benchmarks/retrieval_speed.py --quick --hnsw-sizes 43215,200000  # a reduced scale sweep
+The scale sweep (report only) shows the corpus size where HNSW pays: its QPS vs Flat at recall@10
+>= 0.95, and its build time. 1M x 384 needs ~6 GiB of RAM and a long HNSW build on 2 cores.
 Targets: Flat >= 2x numpy with identical top-10; HNSW recall@10 >= 0.95 at >= 10x Flat's QPS.
 Writes runs/bench/retrieval_speed-<time>.json; the last line is the headline.
 """
@@ -89,6 +96,60 @@ def best_of(fn, reps: int, name: str | None = None):
     return best, out
 
 
+def interleaved(fns: dict, reps: int) -> dict:
+    """{name: (best wall s, best CPU s, last output)}: one warm-up each, then `reps` rounds that
+    run every fn once in turn."""
+    for fn in fns.values():
+        fn()
+    best = {k: [float("inf"), float("inf"), None] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            out = fn()
+            b = best[k]
+            b[0], b[1], b[2] = min(b[0], time.perf_counter() - t), min(b[1], time.process_time() - c), out
+    return {k: tuple(v) for k, v in best.items()}
+
+
+def faiss_default_blocks(faiss, fn):
+    """fn() with faiss's own BLAS block sizes (the "before" of lathe's setting)."""
+    saved = faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = 4096, 1024
+    try:
+        return fn()
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = saved
+
+
+def hnsw_scale(faiss, sizes: list[int], dim: int, nq: int, m: int, efc: int, ef_sweep: list[int], reps: int) -> list:
+    """Flat vs HNSW per corpus size: HNSW's best QPS at recall@10 >= 0.95 against Flat's, and build time."""
+    rows = []
+    for n in sizes:
+        docs, queries = embedding_like(n, nq, dim, seed=1)
+        ids = [str(i) for i in range(n)]
+        flat = VectorIndex("flat", use_gpu=False).build(docs, ids)
+        t_flat, _, (_, flat_ids) = interleaved({"flat": lambda: flat.search(queries, 10)}, reps)["flat"]
+        del flat
+        t1 = time.perf_counter()
+        hnsw = VectorIndex("hnsw", hnsw_m=m, ef_construction=efc, ef_search=16, use_gpu=False).build(docs, ids)
+        build = time.perf_counter() - t1
+        del docs
+        sweep = []
+        for ef in ef_sweep:
+            hnsw._index.hnsw.efSearch = ef
+            t_h, _, (_, h_ids) = interleaved({"h": lambda: hnsw.search(queries, 10)}, reps)["h"]
+            recall = float(np.mean([len(set(h) & set(f)) / 10 for h, f in zip(h_ids, flat_ids)]))
+            sweep.append({"ef_search": ef, "vs_flat": t_flat / t_h, "recall@10": recall})
+        ok = [s for s in sweep if s["recall@10"] >= 0.95]
+        best = max(ok, key=lambda s: s["vs_flat"]) if ok else None
+        rows.append({"n": n, "flat_qps": nq / t_flat, "hnsw_build_s": build, "sweep": sweep, "best_at_0.95": best})
+        print(f"  scale n={n:>9,}: Flat {nq / t_flat:8.0f} q/s; HNSW M={m} efC={efc} build {build:7.1f} s; "
+              + (f"{best['vs_flat']:.1f}x Flat at recall@10 {best['recall@10']:.3f} (efSearch {best['ef_search']})"
+                 if best else "no efSearch reached recall@10 0.95"), file=sys.stderr, flush=True)
+        del hnsw
+    return rows
+
+
 def main() -> int:
     p = add_enforce(parser(__doc__))
     p.add_argument("--threads", type=int, default=THREADS, help="threads for numpy's BLAS and faiss (default 2)")
@@ -97,6 +158,8 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=None)
     p.add_argument("--hnsw-m", type=int, default=None)
     p.add_argument("--ef-construction", type=int, default=None)
+    p.add_argument("--hnsw-1m", action="store_true", help="also the HNSW scale sweep at 43k, 200k and 1M vectors")
+    p.add_argument("--hnsw-sizes", default=None, help="comma-separated corpus sizes for the HNSW scale sweep")
     args = p.parse_args()
     import faiss
 
@@ -113,8 +176,13 @@ def main() -> int:
     ids = [str(i) for i in range(args.n)]
 
     flat = VectorIndex("flat", use_gpu=False).build(docs, ids)
-    t_np, (np_scores, np_idx) = best_of(lambda: numpy_topk(docs, queries, 10), reps, "numpy")
-    t_flat, (flat_scores, flat_ids) = best_of(lambda: flat.search(queries, 10), reps, "flat")
+    timed = interleaved({"numpy": lambda: numpy_topk(docs, queries, 10),
+                         "flat": lambda: flat.search(queries, 10),
+                         "flat_faiss_defaults": lambda: faiss_default_blocks(faiss, lambda: flat.search(queries, 10))},
+                        reps)
+    t_np, CPU["numpy"], (np_scores, np_idx) = timed["numpy"]
+    t_flat, CPU["flat"], (flat_scores, flat_ids) = timed["flat"]
+    t_flat0, CPU["flat_faiss_defaults"], _ = timed["flat_faiss_defaults"]
     np_ids = [[ids[i] for i in row] for row in np_idx]
     identical = float(np.mean([a == b for a, b in zip(np_ids, flat_ids)]))
     same_set = float(np.mean([set(a) == set(b) for a, b in zip(np_ids, flat_ids)]))
@@ -135,20 +203,28 @@ def main() -> int:
     pick = max(ok, key=lambda s: s["qps"]) if ok else max(sweep, key=lambda s: s["recall@10"])
     res = {"n": args.n, "dim": args.dim, "queries": nq, "threads": args.threads, "mean_pairwise_cos": mean_cos,
            "numpy_qps": nq / t_np, "flat_qps": nq / t_flat, "flat_vs_numpy": t_np / t_flat,
+           "flat_faiss_default_blocks_vs_numpy": t_np / t_flat0, "load_avg_1m": os.getloadavg()[0],
            "numpy_cpu_s": CPU["numpy"], "flat_cpu_s": CPU["flat"], "flat_vs_numpy_cpu": CPU["numpy"] / CPU["flat"],
            "flat_identical_top10_ordered": identical, "flat_identical_top10_set": same_set,
            "flat_numpy_max_score_diff": max_score_diff, "hnsw_m": args.hnsw_m, "hnsw_ef_construction": efc,
-           "hnsw_build_s": t_build, "hnsw_sweep": sweep, "hnsw_pick": pick, "wall_s": time.perf_counter() - t0}
-    path = save("retrieval_speed", args.out, res)
-    for k, v in res.items():
+           "hnsw_build_s": t_build, "hnsw_sweep": sweep, "hnsw_pick": pick}
+    for k, v in res.items():  # printed before the (long) scale sweep, so a cut-short run still shows them
         if k not in ("hnsw_sweep", "hnsw_pick"):
-            print(f"{k:>30}: {v:.4g}" if isinstance(v, float) else f"{k:>30}: {v}")
+            print(f"{k:>30}: {v:.4g}" if isinstance(v, float) else f"{k:>30}: {v}", flush=True)
+    sizes = [int(x) for x in args.hnsw_sizes.split(",")] if args.hnsw_sizes else (
+        [43215, 200_000, 1_000_000] if args.hnsw_1m else [])
+    if sizes:
+        save("retrieval_speed", args.out, res)
+        res["hnsw_scale"] = hnsw_scale(faiss, sizes, args.dim, nq, args.hnsw_m, efc, ef_sweep, reps)
+    res["wall_s"] = time.perf_counter() - t0
+    path = save("retrieval_speed", args.out, res)
     print(f"json: {path}")
     status = verdict({"faiss Flat >= 2x numpy (wall)": res["flat_vs_numpy"] >= 2.0,
                       "HNSW >= 10x Flat at recall@10 >= 0.95": pick["recall@10"] >= 0.95 and pick["vs_flat"] >= 10},
                      args.no_enforce)
     print(f"retrieval_speed ({args.n}x{args.dim}, {nq} queries, {args.threads} threads): faiss Flat "
-          f"{res['flat_vs_numpy']:.2f}x numpy wall, {res['flat_vs_numpy_cpu']:.2f}x CPU time "
+          f"{res['flat_vs_numpy']:.2f}x numpy wall ({res['flat_faiss_default_blocks_vs_numpy']:.2f}x with faiss's "
+          f"default blocks), {res['flat_vs_numpy_cpu']:.2f}x CPU time "
           f"(top-10 identical {identical:.3f}; target >= 2x); HNSW "
           f"efSearch={pick['ef_search']} {pick['vs_flat']:.1f}x Flat at recall@10 {pick['recall@10']:.3f} "
           f"(target >= 10x at >= 0.95)")

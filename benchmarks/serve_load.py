@@ -9,9 +9,14 @@ from 32 concurrent clients (httpx), first with `batching.enabled=false`, then wi
     .venv/bin/python benchmarks/serve_load.py --quick    # 200 requests per setting, 120 tools (<60 s)
     .venv/bin/python benchmarks/serve_load.py            # 2,000 requests per setting, 500 tools
 
-Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors; must be 0)
-and the mean batch the replica saw. Target: batched throughput >= 3x unbatched.
-Writes runs/bench/serve_load-<time>.json; the last line is the headline.
+Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors) and the
+mean batch the replica saw, and the in-process ceiling: the same retriever (same encoder, same
+saved index, the replica's thread count) answering the same queries in this process in batches
+of the size the replica saw (1 unbatched; the batched run's mean batch), measured right after
+each HTTP run so that machine load hits both alike.
+Targets (exit 1 when one is missed; `--no-enforce` only reports): no request fails, batched
+throughput >= 3x unbatched, batched throughput >= 0.8x the in-process ceiling.
+Writes runs/bench/serve_load-<time>.json; the last line is the headline (served / in-process).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -118,8 +123,28 @@ def encode_ceiling(texts: list[str], threads: int) -> dict:
     return {"single_ms": single * 1000, "batch_ms": batch * 1000, "ratio": single / batch}
 
 
-def main() -> None:
-    p = parser(__doc__)
+def in_process_ceiling(retriever, texts: list[str], k: int, threads: int, batch: int = 32) -> float:
+    """Queries/s of the retriever alone (format-free: texts are the formatted queries) answering
+    `texts` in batches of `batch` on `threads` torch threads: what the replica could do with no
+    HTTP, no proxy and no Serve in between. Best of 3 passes, wall clock."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for s in range(0, len(texts), batch):
+                retriever.search_vectors(retriever.encode(texts[s: s + batch]), k)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(prev)
+    return len(texts) / best
+
+
+def main() -> int:
+    p = add_enforce(parser(__doc__))
     p.add_argument("--requests", type=int, default=None, help="requests per setting (default 2000; --quick 200)")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--tools", type=int, default=None, help="synthetic corpus size (default 500; --quick 120)")
@@ -150,6 +175,11 @@ def main() -> None:
     index_dir = Path(args.out) / "serve_load_index" / f"seed0-{n_tools}"
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
+    from lathe.methods.retrieval.formatting import format_query
+    from lathe.serve.retriever_app import build_all, load_corpus
+
+    ceilings: list[float] = []
+    local = None
     with ray_session():
         try:
             for batching in (False, True):
@@ -160,6 +190,11 @@ def main() -> None:
                                   "batching": {"enabled": batching, "max_batch_size": 32, "wait_timeout_s": 0.01},
                                   "replicas": {"num_replicas": 1, "num_cpus": args.replica_cpus,
                                                "max_ongoing_requests": 64}}})
+                if local is None:  # the replica's retriever, built the same way from the same saved index
+                    local = build_all(cfg.retriever, load_corpus(cfg.retriever))["dense"]
+                    texts = [format_query(local.family, b["query"], b.get("instruction"),
+                                          legacy_empty_instruction=local.legacy_empty_instruction)
+                             for b in bodies[:128]]
                 base = deploy(cfg)["retriever"]
                 assert base.startswith(f"http://{HOST}:"), base  # loopback only
                 wait_ready(base + "/healthz", 300)
@@ -176,23 +211,40 @@ def main() -> None:
                       f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}  mean batch {res['mean_batch']:.1f}",
                       flush=True)
                 serve.delete("retriever")
+                size = max(1, round(res["mean_batch"])) if batching else 1
+                res["in_process_qps"] = in_process_ceiling(local, texts, 10, args.replica_cpus, size)
+                res["served_vs_in_process"] = res["rps"] / res["in_process_qps"]
+                ceilings.append(res["in_process_qps"])
+                print(f"{'':>10}  in-process, batches of {size}, {args.replica_cpus} thread(s): "
+                      f"{res['in_process_qps']:7.1f} q/s -> served/in-process {res['served_vs_in_process']:.2f}x",
+                      flush=True)
         finally:
             serve.shutdown()
+    ceiling_qps = ceilings[-1]  # at the batched run's batch size
     ratio = results["batched"]["rps"] / results["unbatched"]["rps"]
     errors = sum(r["errors"] for r in results.values())
     out = {"requests_per_setting": n_req, "concurrency": args.concurrency, "tools": n_tools,
            "mode": "instruct" if args.instruct else "query_only", "cpus": os.cpu_count(),
            "replica_cpus": args.replica_cpus,
-           "encoder_alone": ceiling, "results": results,
+           "encoder_alone": ceiling, "results": results, "in_process_qps": ceilings,
+           "in_process_ceiling_qps": ceiling_qps, "served_vs_in_process": results["batched"]["rps"] / ceiling_qps,
            "throughput_ratio": ratio, "errors": errors, "wall_s": time.perf_counter() - t0}
     path = save("serve_load", args.out, out)
     print(f"json: {path}")
     b, u = results["batched"], results["unbatched"]
-    print(f"serve_load: batching {ratio:.2f}x throughput ({b['rps']:.1f} vs {u['rps']:.1f} req/s; target >= 3x); "
-          f"p50/p99 {b['p50_ms']:.0f}/{b['p99_ms']:.0f} ms vs {u['p50_ms']:.0f}/{u['p99_ms']:.0f} ms; "
-          f"errors {errors}; {n_req} requests x 2 at concurrency {args.concurrency}; encoder-alone batching "
-          f"ceiling {ceiling['ratio']:.2f}x")
+    for r in results.values():
+        for e in r["error_samples"]:
+            print(f"request error: {e}", file=sys.stderr)
+    served = out["served_vs_in_process"]
+    status = verdict({f"no request failed ({errors} errors)": errors == 0,
+                      "batched throughput >= 3x unbatched": ratio >= 3,
+                      "batched throughput >= 0.8x the in-process ceiling": served >= 0.8}, args.no_enforce)
+    print(f"serve_load: batched {b['rps']:.1f} req/s (p50/p99 {b['p50_ms']:.0f}/{b['p99_ms']:.0f} ms), unbatched "
+          f"{u['rps']:.1f} req/s (p50/p99 {u['p50_ms']:.0f}/{u['p99_ms']:.0f} ms), batching {ratio:.2f}x (target >= 3x); "
+          f"errors {errors}; {n_req} requests x 2 at concurrency {args.concurrency}; in-process ceiling "
+          f"{ceiling_qps:.1f} q/s -> served/in-process {served:.2f}x (target >= 0.8x)")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

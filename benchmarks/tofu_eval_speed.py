@@ -6,6 +6,8 @@ time (batch size 1 for every forward pass and every generation), on the same mod
     .venv/bin/python benchmarks/tofu_eval_speed.py --quick    # tiny-1m, 20 rows per set, shorter generations (< 60 s on 2 cores)
 
 Prints a table and, last, the headline speed-up; writes runs/bench/tofu_eval_speed.json.
+Target: batched ≥ 5× naive with the same per-sample losses (max |ΔL| ≤ 1e-4); exit 1 when missed,
+`--no-enforce` only reports.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import add_enforce, verdict  # noqa: E402
 
 from lathe.data.tofu import tofu_synthetic  # noqa: E402
 from lathe.eval import tofu as te  # noqa: E402
 from lathe.platform.zoo import build_tiny, train_tokenizer  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+    ap = add_enforce(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--rows", type=int, default=None, help="rows per evaluation set")
@@ -80,7 +84,9 @@ def main() -> None:
           f"{preset} on {device}; max |ΔL| batched vs naive = {diff:.2e}")
     print(f"tofu eval throughput: batched {out['batched_samples_per_s']:.1f} samples/s vs naive "
           f"{out['naive_samples_per_s']:.1f} samples/s = {out['speedup']:.1f}x (target >= 5x)")
+    return verdict({"batched >= 5x naive samples/s": out["speedup"] >= 5,
+                    "batched and naive losses agree (max |dL| <= 1e-4)": diff <= 1e-4}, args.no_enforce)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_enforce, verdict  # noqa: E402
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
@@ -192,7 +194,7 @@ def previous(cfg) -> tuple[Path, dict] | None:
     return None
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description="UIPE α sweep over GA, GradDiff and NPO on synthetic TOFU")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--full-scale", action="store_true")
@@ -201,7 +203,7 @@ def main() -> None:
     ap.add_argument("--sequential", action="store_true", help="run the base methods one after another")
     ap.add_argument("--lr", type=float, default=None, help="unlearning learning rate (default per scale)")
     ap.add_argument("--epochs", type=int, default=None, help="unlearning epochs (default per scale)")
-    ap.add_argument("--no-enforce", action="store_true", help="report only; exit 0 even when the target is missed")
+    add_enforce(ap)
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same scale, seed and method "
                                                          "under runs/bench/tofu_uipe (resume an interrupted sweep)")
     args = ap.parse_args()
@@ -283,9 +285,9 @@ def main() -> None:
     print(f"tofu_uipe[{scale}, seeds {args.seeds}]: θ_ini forget ROUGE-L {mem:.3f}; UIPE at the validation-chosen α* "
           f"beats α=0 on test FQ (95% CI > 0, MU within 5%) for {len(holds)}/3 base methods "
           f"({', '.join(holds) or 'none'}); wall {wall:.0f} s")
-    if not met and not args.no_enforce:
-        sys.exit(1)
+    return verdict({"θ_ini memorised the forget set (mean ROUGE-L >= 0.9)": mem >= 0.9,
+                    "for some base method UIPE's ΔFQ 95% CI > 0 with ΔMU >= -5%": bool(holds)}, args.no_enforce)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 V2 = ["lathe.xr.v2"]
 SCRIPT = [[".", json.dumps({"action": "Final Answer", "action_input": "ok"})]]
@@ -128,9 +128,8 @@ def glb_sizes(n_steps: int = 20) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--no-enforce", action="store_true", help="report only; exit 0 even if a target is missed")
+def main() -> int:
+    p = add_enforce(parser(__doc__.splitlines()[0]))
     p.add_argument("--updates", type=int, default=None, help="tool calls per client")
     args = p.parse_args()
     n_updates = args.updates or (15 if args.quick else 60)
@@ -168,9 +167,9 @@ def main() -> None:
           f"{latency[1]['p99_ms']:.1f} ms at 1, {latency[32]['p99_ms']:.1f} ms at 32; diff "
           f"{at20['ratio']:.1f}x smaller than the full GLB at step 20 (target >= 10x); "
           f"slow client dropped {slow['dropped']} stale scene frames, kept its utterance: {slow['utterance_delivered']}")
-    if not args.no_enforce and not (ok_latency and ok_diff and ok_slow):
-        sys.exit(1)
+    return verdict({"p99 < 100 ms at 8 clients": ok_latency, "diff frame >= 10x smaller than the GLB at step 20": ok_diff,
+                    "a slow client keeps its utterance and ends on the final scene": ok_slow}, args.no_enforce)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -122,6 +122,7 @@ def test_melora_n1_equals_lora_and_param_count():
 def test_melora_one_einsum_pair_no_loop():
     layer = P.MeloraLayer(nn.Linear(32, 32))
     layer.add_adapter("default", r=1, n=8, alpha=16, dropout=0.0, scaling="per_mini", rslora=False)
+    layer.formulation = "einsum"  # the reference formulation (the others: tests/test_melora_formulation.py)
     calls = []
     orig = torch.einsum
 

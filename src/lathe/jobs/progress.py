@@ -25,6 +25,9 @@ class MetricsSink:
     def push(self, record: dict) -> None:
         self.records.append(record)
 
+    def push_many(self, records: list[dict]) -> None:
+        self.records.extend(records)
+
     def since(self, index: int) -> tuple[list[dict], int]:
         return self.records[index:], self.total_steps
 

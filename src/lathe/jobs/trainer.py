@@ -26,6 +26,12 @@ from lathe.jobs.task import TrainTask
 from lathe.platform.config import RayConfig, TrainConfig
 
 
+# Rank 0 sends its per-step records to the driver's sink in batches at most this often (and at
+# every checkpoint, at the end and on any exit): one Ray call per step cost tiny models a large
+# share of their step time. The records themselves are the same as with one push per step.
+FLUSH_EVERY_S = 0.5
+
+
 @dataclass
 class TrainOutcome:
     metrics: list[dict]
@@ -162,58 +168,80 @@ def _worker(loop_cfg: dict) -> None:
     t0, tokens = time.perf_counter(), 0.0
     fail_marker = Path(loop_cfg["storage"]) / ".fail_injected"
     epoch = step // per_epoch
-    while step < total:
-        if hasattr(built.dataset, "set_epoch"):  # datasets that redraw per epoch (unlearning's retain rows)
-            built.dataset.set_epoch(epoch)
-        batches = epoch_batches(n_items, train.batch_size, epoch, loop_cfg["seed"], rank, world)
-        groups = [batches[i: i + train.grad_accum] for i in range(0, len(batches), train.grad_accum)]
-        for group in groups[step - epoch * per_epoch:]:
-            if train.fail_at_step is not None and step + 1 == train.fail_at_step and not fail_marker.exists():
-                fail_marker.touch()
-                raise RuntimeError(f"injected failure at step {step + 1} (train.fail_at_step)")
-            logs: dict[str, float] = {}
-            loss_sum = 0.0
-            for i, idx in enumerate(group):
-                batch = to_device(built.collate([built.dataset[j] for j in idx]), device)
-                sync = i == len(group) - 1 or engine is not None
-                ctx_sync = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _nullcontext()
-                with ctx_sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                              enabled=amp_dtype is not None):
-                    loss, metrics = task.loss(model, batch)
-                if engine is not None:
-                    engine.backward(loss)
-                    engine.step()
+    pending: list[dict] = []  # rank 0's records not yet sent to the sink
+    flushed = t0
+
+    def flush() -> None:
+        nonlocal flushed
+        if pending:
+            sink.push_many.remote(list(pending))
+            pending.clear()
+        flushed = time.perf_counter()
+
+    # autocast only where it casts: entering a disabled autocast per micro-batch is pure overhead
+    autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else _nullcontext)
+    try:
+        while step < total:
+            if hasattr(built.dataset, "set_epoch"):  # datasets that redraw per epoch (unlearning's retain rows)
+                built.dataset.set_epoch(epoch)
+            batches = epoch_batches(n_items, train.batch_size, epoch, loop_cfg["seed"], rank, world)
+            groups = [batches[i: i + train.grad_accum] for i in range(0, len(batches), train.grad_accum)]
+            for group in groups[step - epoch * per_epoch:]:
+                if train.fail_at_step is not None and step + 1 == train.fail_at_step and not fail_marker.exists():
+                    fail_marker.touch()
+                    raise RuntimeError(f"injected failure at step {step + 1} (train.fail_at_step)")
+                logs: dict[str, float] = {}
+                loss_sum = 0.0
+                for i, idx in enumerate(group):
+                    batch = to_device(built.collate([built.dataset[j] for j in idx]), device)
+                    sync = i == len(group) - 1 or engine is not None
+                    ctx_sync = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _nullcontext()
+                    with ctx_sync, autocast():
+                        loss, metrics = task.loss(model, batch)
+                    if engine is not None:
+                        engine.backward(loss)
+                        engine.step()
+                    else:
+                        (loss / len(group)).backward()
+                    # a float64 tensor (the same sum as Python floats gave), read only when logged
+                    loss_sum = loss_sum + loss.detach().double() / len(group)
+                    for k, v in metrics.items():
+                        logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
+                if engine is None:
+                    logs.update(task.before_step(core, step + 1, opt))
+                    grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
+                                 if train.max_grad_norm else None)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
                 else:
-                    (loss / len(group)).backward()
-                loss_sum += float(loss.detach()) / len(group)
-                for k, v in metrics.items():
-                    logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
-            if engine is None:
-                logs.update(task.before_step(core, step + 1, opt))
-                grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
-                             if train.max_grad_norm else None)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            else:
-                grad_norm = None
-            step += 1
-            logs.update(task.after_step(core, step, opt))
-            tokens += logs.pop("tokens", 0.0) * world
-            if rank == 0 and (step % train.log_every == 0 or step == total):
-                elapsed = time.perf_counter() - t0
-                rec = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                       "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
-                       "tokens_seen": tokens, **logs}
-                if grad_norm is not None:
-                    rec["grad_norm"] = float(grad_norm)
-                sink.push.remote(rec)
-            if step % train.checkpoint_every == 0 or step == total:
-                _report(task, core, opt, sched, engine, step, loss_sum, rank, final=step == total,
-                        tokenizer=built.tokenizer)
-            if step >= total:
-                break
-        epoch += 1
+                    grad_norm = None
+                step += 1
+                logs.update(task.after_step(core, step, opt))
+                tokens += logs.pop("tokens", 0.0) * world
+                logged = rank == 0 and (step % train.log_every == 0 or step == total)
+                checkpoint = step % train.checkpoint_every == 0 or step == total
+                if logged or checkpoint:
+                    loss_sum = float(loss_sum)
+                if logged:
+                    elapsed = time.perf_counter() - t0
+                    rec = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
+                           "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
+                           "tokens_seen": tokens, **logs}
+                    if grad_norm is not None:
+                        rec["grad_norm"] = float(grad_norm)
+                    pending.append(rec)
+                    if time.perf_counter() - flushed >= FLUSH_EVERY_S:
+                        flush()
+                if checkpoint:
+                    flush()  # the driver has every record up to a checkpoint before it is reported
+                    _report(task, core, opt, sched, engine, step, loss_sum, rank, final=step == total,
+                            tokenizer=built.tokenizer)
+                if step >= total:
+                    break
+            epoch += 1
+    finally:
+        flush()
 
 
 class _nullcontext:

@@ -6,7 +6,9 @@ Routes (under the app's route prefix, default /retriever):
   POST /reindex                                               -> rebuild the indexes from the corpus
   GET  /healthz                                               -> {status, tools, retrievers}
   GET  /docs, /openapi.json                                    (FastAPI)
-Concurrent /search requests for a dense retriever are encoded together (serve.batch).
+Concurrent /search requests for a dense retriever are encoded and searched together
+(serve.batch: one encoder call and one index search per batch), and /search answers with JSON
+serialised once (a Response, so FastAPI does not re-validate the response model it documents).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -106,6 +108,28 @@ def build_all(cfg, tools) -> dict:
     return out
 
 
+def answer_batch(retrievers: dict, items: list[tuple]) -> list:
+    """items: (retriever label, formatted text[, k]); one encoder call per label per batch. With k
+    the item's answer is its top-k hits (one index search per label per batch, at the batch's
+    largest k; each item keeps its first k of that trec-ordered list), else its embedding."""
+    out: list = [None] * len(items)
+    by_label: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_label.setdefault(item[0], []).append(i)
+    for label, idx in by_label.items():
+        r = retrievers[label]
+        vecs = r.encode([items[i][1] for i in idx])
+        rows = [j for j, i in enumerate(idx) if len(items[i]) > 2]
+        if rows:
+            hits = r.search_vectors(vecs[rows], max(items[idx[j]][2] for j in rows))
+            for j, h in zip(rows, hits):
+                out[idx[j]] = h[: items[idx[j]][2]]
+        for j, i in enumerate(idx):
+            if len(items[i]) == 2:
+                out[i] = vecs[j]
+    return out
+
+
 @serve.deployment(name="ToolRetriever")
 @serve.ingress(api)
 class ToolRetrieverServer:
@@ -138,16 +162,8 @@ class ToolRetrieverServer:
         return name, self.retrievers[name]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _embed_batched(self, items: list[tuple[str, str]]) -> list:
-        """items: (retriever label, formatted text); one encoder call per label per batch."""
-        out = [None] * len(items)
-        by_label: dict[str, list[int]] = {}
-        for i, (label, _) in enumerate(items):
-            by_label.setdefault(label, []).append(i)
-        for label, idx in by_label.items():
-            vecs = self.retrievers[label].encode([items[i][1] for i in idx])
-            for j, i in enumerate(idx):
-                out[i] = vecs[j]
+    async def _embed_batched(self, items: list[tuple]) -> list:
+        out = answer_batch(self.retrievers, items)
         self.batches.append(len(items))
         return out
 
@@ -189,13 +205,16 @@ class ToolRetrieverServer:
         k = min(req.k, len(self.tools))
         if isinstance(r, DenseRetriever):
             text = format_query(r.family, req.query, inst, legacy_empty_instruction=r.legacy_empty_instruction)
-            vec = await self._embed(name, text)
-            hits = r.search_vectors(np.asarray(vec, dtype=np.float32)[None], k)[0]
+            if self.cfg.batching.enabled:
+                hits = await self._embed_batched((name, text, k))
+            else:
+                hits = r.search_vectors(np.asarray(r.encode([text])[0], dtype=np.float32)[None], k)[0]
         else:
             hits = r.search([req.query], None if inst is None else [inst], k)[0]
-        results = [Hit(id=i, score=s, documentation=self.docs[i]) for i, s in hits]
-        return SearchResponse(retriever=name, mode=mode, results=results,
-                              took_ms=(time.perf_counter() - t0) * 1000)
+        body = {"retriever": name, "mode": mode,
+                "results": [{"id": i, "score": float(s), "documentation": self.docs[i]} for i, s in hits],
+                "took_ms": (time.perf_counter() - t0) * 1000}
+        return Response(json.dumps(body), media_type="application/json")
 
     @api.post("/embed", response_model=EmbedResponse)
     async def embed(self, req: EmbedRequest) -> EmbedResponse:

@@ -1,8 +1,12 @@
 """MELoRA: n mini-LoRAs forming a block-diagonal update (spec section 2).
 
 h = W₀x + concat_i( s · B_i A_i dropout(x_i) ),  x = [x₁; …; x_n].
-Stored stacked: A (n, r, d_in/n), B (n, d_out/n, r); the forward pass is one einsum pair,
-no Python loop over minis. `r` is the MINI rank, `n` the number of minis (official scripts).
+Stored stacked: A (n, r, d_in/n), B (n, d_out/n, r); the forward pass has no Python loop over
+minis. `r` is the MINI rank, `n` the number of minis (official scripts).
+
+The block-diagonal product has several exact formulations; which is fastest depends on the shape
+(`pick_formulation`, measured on CPU, fwd+bwd with the input gradient on, one thread; see
+docs/performance.md). `einsum_out` is the reference every formulation is tested against.
 """
 
 from __future__ import annotations
@@ -32,8 +36,60 @@ def melora_scale(alpha: float, r: int, n: int, mode: str, rslora: bool) -> float
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+FORMULATIONS = ("einsum", "bmm", "mulsum", "blockdiag")
+
+
+def pick_formulation(n: int, r: int, device: torch.device | str) -> str:
+    """The measured rule (CPU): r = 1 -> a broadcast multiply and sum (elementwise, no matmul
+    dispatch: ~2x the einsum pair); n·r <= 16 -> two dense GEMMs through block-diagonal A and B
+    (n times the FLOPs, but those GEMMs are memory-bound at such widths); else two batched
+    matmuls over the minis. Off CPU the einsum pair (not measured there this round)."""
+    if torch.device(device).type != "cpu":
+        return "einsum"
+    if r == 1:
+        return "mulsum"
+    return "blockdiag" if n * r <= 16 else "bmm"
+
+
+def einsum_out(xs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
+    """xs (..., n, d_in/n), a (n, r, d_in/n), b (n, d_out/n, r) -> (..., n, d_out/n). The reference."""
+    # the scale goes on the small (…, n, r) activation, not the d_out-wide output
+    z = torch.einsum("...ni,nri->...nr", xs, a) * s
+    return torch.einsum("...nr,nor->...no", z, b)
+
+
+def bmm_out(xs, a, b, s):
+    lead, (n, di) = xs.shape[:-2], xs.shape[-2:]
+    xt = xs.reshape(-1, n, di).transpose(0, 1)  # (n, T, di)
+    z = torch.bmm(xt, a.transpose(1, 2)) * s  # (n, T, r)
+    return torch.bmm(z, b.transpose(1, 2)).transpose(0, 1).reshape(*lead, n, b.shape[1])
+
+
+def mulsum_out(xs, a, b, s):
+    n, r, di = a.shape
+    if r != 1:  # general r: a broadcast over r (memory r times x; slow beyond r = 1)
+        z = (xs.unsqueeze(-2) * a).sum(-1) * s  # (..., n, r)
+        return (z.unsqueeze(-2) * b).sum(-1)
+    z = (xs * a.reshape(n, di)).sum(-1, keepdim=True) * s  # (..., n, 1)
+    return z * b.reshape(n, -1)  # (..., n, d_out/n)
+
+
+def blockdiag_out(xs, a, b, s):
+    import torch.nn.functional as F
+
+    lead, (n, di) = xs.shape[:-2], xs.shape[-2:]
+    A = torch.block_diag(*a.unbind(0))  # (n·r, d_in)
+    B = torch.block_diag(*b.unbind(0))  # (d_out, n·r)
+    y = F.linear(F.linear(xs.reshape(*lead, n * di), A) * s, B)
+    return y.reshape(*lead, n, b.shape[1])
+
+
+_OUT = {"einsum": einsum_out, "bmm": bmm_out, "mulsum": mulsum_out, "blockdiag": blockdiag_out}
+
+
 class MeloraLayer(C.AdapterLayer):
     method = "melora"
+    formulation = "auto"  # or one of FORMULATIONS (benchmarks and tests pin one)
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool | None = None):
         super().__init__(base_layer, fan_in_fan_out)
@@ -62,10 +118,8 @@ class MeloraLayer(C.AdapterLayer):
         a, b, n = self.melora_A[name], self.melora_B[name], self.n[name]
         lead = x.shape[:-1]
         xs = self.dropout[name](x).reshape(*lead, n, self.in_features // n)
-        # the scale goes on the small (…, n, r) activation, not the d_out-wide output
-        z = torch.einsum("...ni,nri->...nr", xs, a) * self.scaling[name]
-        y = torch.einsum("...nr,nor->...no", z, b)
-        return y.reshape(*lead, self.out_features)
+        how = self.formulation if self.formulation != "auto" else pick_formulation(n, a.shape[1], a.device)
+        return _OUT[how](xs, a, b, self.scaling[name]).reshape(*lead, self.out_features)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a, b = self.melora_A[name], self.melora_B[name]
