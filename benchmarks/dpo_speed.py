@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import parser, save  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 from lathe.data import preference as P  # noqa: E402
 from lathe.jobs.dpo import DPOTask  # noqa: E402
@@ -71,9 +71,8 @@ def trl(model, tok, rows, steps: int, batch: int, lr: float) -> list[float]:
 
 
 def main() -> int:
-    p = parser(__doc__.splitlines()[0])
+    p = add_enforce(parser(__doc__.splitlines()[0]))
     p.add_argument("--model", default=None, help="preset (default tiny-5m; tiny-1m with --quick)")
-    p.add_argument("--no-enforce", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     preset = args.model or ("tiny-1m" if args.quick else "tiny-5m")
@@ -96,8 +95,9 @@ def main() -> int:
     path = save("dpo_speed", args.out, result)
     print(f"model {preset}, batch {batch} pairs: lathe {ma * 1000:.1f} ms/step, TRL DPOTrainer {mb * 1000:.1f} "
           f"ms/step ({path})")
+    code = verdict({f"lathe DPO step <= 1.1x TRL DPOTrainer's ({ratio:.3f})": ratio <= 1.1}, args.no_enforce)
     print(f"dpo step time lathe/TRL: {ratio:.3f} (target <= 1.1)")
-    return 0 if (ratio <= 1.1 or args.no_enforce) else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         ctx = _init_loopback(init) if _is_loopback(address) else ray.init(**init)
         embedded = False
     else:
-        kwargs = dict(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+        # address="local": always start our own; with None, ray.init joins any Ray it finds running
+        # on the machine (another process's cluster) and then refuses num_cpus
+        kwargs = dict(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                       _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
                       logging_level="ERROR", configure_logging=True)
         ctx = _init_embedded(kwargs)

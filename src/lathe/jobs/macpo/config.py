@@ -26,6 +26,8 @@ class AgentSpec(Strict):
                                     description="adapter options (spec: r 16, α 32, all linear projections)")
     sft_lr: float | None = Field(None, gt=0, description="init/negative SFT lr (default: sft.lr, or sft.lora_lr)")
     dpo_lr: float | None = Field(None, gt=0, description="DPO lr (default: dpo_train.lr, or dpo_lora_lr)")
+    sft_max_steps: int | None = Field(None, ge=1, description="cap on this agent's init/negative SFT steps "
+                                                             "(a large student needs far fewer than tiny teachers)")
 
 
 class GenerationConfig(Strict):

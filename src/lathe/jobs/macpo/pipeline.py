@@ -40,7 +40,11 @@ def _params_of(model_cfg) -> int:
 
     from lathe.platform.zoo import preset_config
 
-    if model_cfg.path:
+    from lathe.platform.pretrained import PRETRAINED, pretrained_dir
+
+    if model_cfg.preset in PRETRAINED:  # e.g. smollm2-135m-instruct (converted once, then cached)
+        hf = AutoConfig.from_pretrained(pretrained_dir(model_cfg.preset), local_files_only=True)
+    elif model_cfg.path:
         hf = AutoConfig.from_pretrained(model_cfg.path, local_files_only=True)
     else:
         hf = preset_config(model_cfg.preset, None, model_cfg.architecture, **model_cfg.config_overrides)
@@ -130,8 +134,11 @@ class MacpoRun:
             lr = spec.sft_lr or (cfg.sft_lora_lr if lora else cfg.sft.lr)
             base = cfg.sft
             steps = base.max_steps or base.epochs * math.ceil(n_rows / base.batch_size / base.grad_accum)
-            return base.model_copy(update={"lr": lr, "warmup_steps": max(base.warmup_steps,
-                                                                         int(cfg.sft_warmup_frac * steps))})
+            update: dict = {}
+            if spec.sft_max_steps and spec.sft_max_steps < steps:
+                steps = update["max_steps"] = spec.sft_max_steps
+            return base.model_copy(update={**update, "lr": lr,
+                                           "warmup_steps": max(base.warmup_steps, int(cfg.sft_warmup_frac * steps))})
         lr = spec.dpo_lr or (cfg.dpo_lora_lr if lora else cfg.dpo_train.lr)
         return cfg.dpo_train.model_copy(update={"lr": lr})
 
@@ -496,20 +503,35 @@ class MacpoJob(Job):
 INIT_STEPS = ("init/", "init_labels/", "negative/", "negative_gen0/", "round0/")
 
 
-def fork_init(src_run: str | Path, dst_run: str | Path) -> None:
+def fork_init(src_run: str | Path, dst_run: str | Path, agents: list[str] | None = None) -> None:
     """Seed `dst_run` with `src_run`'s initialisation steps (steps 1-3 and round 0), so a run that
     differs only in its rounds (an ablation, a different T) resumes after them. The agents, data
-    and SFT recipe must be the same; the init checkpoints stay in `src_run` and are only read."""
+    and SFT recipe must be the same; the init checkpoints stay in `src_run` and are only read.
+
+    `agents`: share only these agents' own init steps (their SFT, negative agent and its
+    answers), e.g. teacher0 of a K=3 run for a K=1 run with the same teacher0 spec and seed;
+    everything that depends on the other agents (weak labels, the student, round 0) is redone."""
     src, dst = Path(src_run) / "macpo", Path(dst_run) / "macpo"
     man = json.loads((src / "manifest.json").read_text())
     dst.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(src_run) / "splits.json", Path(dst_run) / "splits.json")
-    shutil.copyfile(src / "sources.json", dst / "sources.json")
-    for sub in ("init_labels", "negatives", "round0"):
+    if agents is None:
+        shutil.copyfile(src / "sources.json", dst / "sources.json")
+        keep = {k: v for k, v in man["steps"].items() if k.startswith(INIT_STEPS)}
+        subs = ("init_labels", "negatives", "round0")
+    else:
+        own = {f"{p}{a}" for a in agents for p in ("init/", "negative/", "negative_gen0/")}
+        keep = {k: v for k, v in man["steps"].items() if k in own}
+        subs = ("negatives",)
+        for a in agents:
+            f = src / "negatives" / "round0" / f"{a}.json"
+            if f.is_file():
+                (dst / "negatives" / "round0").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dst / "negatives" / "round0" / f.name)
+    for sub in subs if agents is None else ():
         if (src / sub).is_dir():
             shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
-    keep = {k: v for k, v in man["steps"].items() if k.startswith(INIT_STEPS)}
     text = json.dumps({"steps": keep, "order": [k for k in man["order"] if k in keep], "attempts": 0})
-    for sub in ("init_labels", "negatives", "round0"):
+    for sub in subs:
         text = text.replace(json.dumps(str(src / sub))[1:-1], json.dumps(str(dst / sub))[1:-1])
     (dst / "manifest.json").write_text(text)
