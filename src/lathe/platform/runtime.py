@@ -80,7 +80,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                                 "TOKENIZERS_PARALLELISM": "false"}}
-    if address:
+    if address and address != "local":
         # A driver started by `lathe submit` already carries the job's runtime env; Ray
         # refuses a second one that sets the same keys.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
