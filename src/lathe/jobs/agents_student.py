@@ -4,7 +4,7 @@ on first use through the sft job and cached as a merged HF directory. The sandbo
 the default model meets only held-out tasks. It runs with `distill.student_config()` (compact prompts).
 
 The recipe is `DEFAULT_RECIPE`; the cache key is its hash, so changing it retrains. It is a small
-budget (60 steps, lr 1e-3) rather than the spec's 3 epochs at 2e-4 (configs/agents/
+budget (30 steps, lr 1e-3) rather than the spec's 3 epochs at 2e-4 (configs/agents/
 distill_smollm2_lora.yaml), so that first use costs minutes on CPUs; docs/agents.md says so.
 `model_backends` turns a model name (oracle | distilled | base | a model dir | an endpoint URL) into
 per-item LLM factories and the agent configs that model runs with.
@@ -28,7 +28,7 @@ DEFAULT_RECIPE: dict = {
     "model": {"preset": "smollm2-135m-instruct"},
     "data": {"builder": "agents_span", "max_length": 320,
              "builder_options": {"domain": "tmdb", "train_worlds": [1], "eval_world": 0, "eval_limit": 6}},
-    "train": {"max_steps": 60, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 4, "checkpoint_every": 30},
+    "train": {"max_steps": 30, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 3, "checkpoint_every": 1000},
     "ray": {"num_workers": 1},
 }
 
