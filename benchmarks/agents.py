@@ -197,6 +197,10 @@ def main() -> int:
     curves = {r["model"]: {int(k): v for k, v in r["success_by_budget"].items()} for r in table}
     ev.plot_success_vs_budget(curves, OUT / "success_vs_budget.png")
     for r in table:
+        if r["model"] == "oracle":
+            print(f"oracle (the teacher, an upper bound): ConAgents {r['conagents_success']:.1f}%, ReAct "
+                  f"{r['react_success']:.1f}%, GenGround {r['genground_acc']:.1f}%")
+            continue
         con = "holds" if r["conagents_success"] > r["react_success"] else "does not hold"
         gg = "holds" if r["genground_acc"] > r["rtr_acc"] else "does not hold"
         print(f"{r['model']}: ConAgents {r['conagents_success']:.1f}% vs ReAct {r['react_success']:.1f}% success "
