@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands contributed by later layers (serve, ui) without the CLI importing them eagerly."""
     out = []
-    for module in ("lathe.serve.cli", "lathe.ui.cli", "lathe.demo"):
+    for module in ("lathe.serve.cli", "lathe.ui.cli", "lathe.demo", "lathe.agents_cli"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

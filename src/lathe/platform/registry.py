@@ -30,7 +30,7 @@ _PROVIDERS: dict[str, list[str]] = {
     ],
     "peft": ["lathe.methods.peft", "lathe.methods.meft"],
     "unlearning_loss": ["lathe.methods.unlearning"],
-    "sft_data": ["lathe.methods.lego.finetune"],
+    "sft_data": ["lathe.methods.lego.finetune", "lathe.methods.agents.distill"],
 }
 
 

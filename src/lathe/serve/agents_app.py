@@ -25,6 +25,8 @@ from ray import serve
 
 from lathe.serve.auth import install_guards
 
+STUDENT_APP = "agents-student"  # the LLM app deploy() starts for `llm.kind: student`
+
 api = FastAPI(title="lathe agents", description="ConAgents (tool use) and GenGround (multi-hop QA) on Ray Serve.")
 install_guards(api)
 
@@ -102,8 +104,10 @@ class AgentsServer:
         self.cfg = AgentsAppConfig.model_validate(cfg)
         api.state.guard = {"token": token, "max_body_bytes": self.cfg.max_body_bytes}
         self.sandbox = serve.get_deployment_handle("ToolSandbox", app_name="sandbox")
-        self.llm_handle = serve.get_deployment_handle("LLMServer", app_name="llm") \
-            if self.cfg.llm.kind == "handle" else None
+        self.llm_handle = None
+        if self.cfg.llm.kind in ("handle", "student"):
+            self.llm_handle = serve.get_deployment_handle(
+                "LLMServer", app_name="llm" if self.cfg.llm.kind == "handle" else STUDENT_APP)
         self.passages = passages
         self.tools, self.tasks = {}, {}
         self._loaded, self._load_lock = False, asyncio.Lock()
@@ -145,6 +149,15 @@ class AgentsServer:
 
         return HandleChat(self.llm_handle, method="chat", wrap=ChatRequest.model_validate, timeout_s=c.timeout_s)
 
+    def _conagents_cfg(self):
+        """The configured ConAgents options; over the student's own (compact prompts) for `kind: student`."""
+        from lathe.methods.agents.conagents import ConAgentsConfig
+        from lathe.methods.agents.distill import student_config
+
+        if self.cfg.llm.kind == "student":
+            return student_config(**self.cfg.conagents)
+        return ConAgentsConfig(**self.cfg.conagents)
+
     def _send(self, domain: str):
         from lathe.data.restbench import Response
         from lathe.methods.agents.conagents import ToolFatal
@@ -170,7 +183,7 @@ class AgentsServer:
         from dataclasses import replace
 
         from lathe.data.restbench import candidate_tools
-        from lathe.methods.agents.conagents import ConAgents, ConAgentsConfig, react_run
+        from lathe.methods.agents.conagents import ConAgents, react_run
         from lathe.methods.agents.oracle import OracleConAgents
 
         domain = req.domain or self.cfg.domain
@@ -187,13 +200,13 @@ class AgentsServer:
             task = next((t for t in self.tasks[domain].values() if t.query == req.query), None)
             if task is None:
                 raise HTTPException(422, detail="llm kind oracle: the query must be a synthetic task (or give task_id)")
-        steps = req.max_steps or ConAgentsConfig(**self.cfg.conagents).max_steps
+        steps = req.max_steps or self._conagents_cfg().max_steps
         if steps > self.cfg.max_steps_limit:
             raise HTTPException(422, detail=f"max_steps: at most {self.cfg.max_steps_limit} (got {steps})")
         tools = self.tools[domain]
         cands = candidate_tools(task, tools, self.cfg.candidates) if task else tools[: self.cfg.candidates]
         send = self._send(domain)
-        cfg = replace(ConAgentsConfig(**self.cfg.conagents), max_steps=steps, max_wall_s=self.cfg.max_wall_s)
+        cfg = replace(self._conagents_cfg(), max_steps=steps, max_wall_s=self.cfg.max_wall_s)
         if req.protocol:
             cfg = replace(cfg, protocol=req.protocol)
         llm = self._llm(lambda: OracleConAgents(task, send))

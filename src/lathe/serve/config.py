@@ -87,8 +87,10 @@ class SandboxAppConfig(Strict):
 
 
 class AgentLLMConfig(Strict):
-    kind: Literal["handle", "openai", "oracle"] = Field(
-        "handle", description="handle: the llm app of this config; openai: base_url; oracle: the gold-path teacher")
+    kind: Literal["student", "handle", "openai", "oracle"] = Field(
+        "student", description="student: the embedded default, SmolLM2-135M-Instruct + the distilled LoRA (trained "
+                               "once, cached), its own LLM app reached through a handle, compact prompts; handle: "
+                               "the llm app of this config; openai: base_url; oracle: the gold-path teacher")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/llm/v1")
     model: str | None = None
     api_key_env: str | None = None

@@ -89,7 +89,18 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
                   blocking=False)
         urls["sandbox"] = base + cfg.sandbox.route_prefix
     if cfg.agents is not None:  # after llm and sandbox: it looks their handles up by app name
-        from lathe.serve.agents_app import build_app as build_agents
+        from lathe.serve.agents_app import STUDENT_APP, build_app as build_agents
+
+        if cfg.agents.llm.kind == "student":  # the embedded default: its own app, reached through a handle
+            from lathe.jobs.agents_student import student_dir
+            from lathe.platform.config import ModelConfig
+            from lathe.serve.config import LLMAppConfig
+            from lathe.serve.llm_app import build_app as build_llm
+
+            model_dir = str(student_dir().resolve())
+            llm_cfg = LLMAppConfig(model=ModelConfig(path=model_dir), engine="transformers", max_model_len=1024,
+                                   max_tokens_limit=256)
+            serve.run(build_llm(llm_cfg, model_dir, None), name=STUDENT_APP, route_prefix=None)
 
         serve.run(build_agents(cfg.agents, token), name="agents", route_prefix=cfg.agents.route_prefix,
                   blocking=False)

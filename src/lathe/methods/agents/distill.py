@@ -8,7 +8,11 @@ is `<ref> citation </ref> <revise> answer </revise> ###Finish[answer]`. The IGD 
 empty `<ref>`, a missing `<revise>`, and a revised answer the gold evidence does not contain.
 
 `flatten_messages` is the student's prompt: the same text at training (sft job) and at inference
-(`TransformersChat(prompt_style="sft")`).
+(`TransformersChat(prompt_style="sft")`). For the compact prompts (one user message each) it equals
+what the LLM app's chat template renders, so a distilled model can also be served by the LLM app.
+
+`student_config()` is the ConAgents configuration a distilled student is trained and run with, and
+`span_rows` is the sft job's `data.builder: agents_span` (oracle SPAN rows from seeded worlds).
 """
 
 from __future__ import annotations
@@ -17,7 +21,21 @@ import json
 import re
 from pathlib import Path
 
+from lathe.platform.registry import register
+
 ROLES = ("grounding", "execution", "observing", "review")
+
+
+def student_config(**overrides):
+    """ConAgents for a small distilled student: compact prompts; every response takes the code path
+    (the student writes the same short extraction program for a tool whatever the values, and the
+    sandboxed interpreter reads the values, so no truncated response hides them); greedy code; no
+    LLM review; a few short steps. Teacher data and student runs both use it."""
+    from lathe.methods.agents.conagents import ConAgentsConfig
+
+    base = dict(prompt_style="compact", review_llm=False, long_response_tokens=0, code_temperature=0.0,
+                code_attempts=1, response_chars=300, max_tokens=96, max_steps=3, exec_retries=1, grounding_retries=1)
+    return ConAgentsConfig(**(base | overrides))
 
 
 def flatten_messages(messages: list[dict]) -> str:
@@ -131,3 +149,34 @@ def oracle_igd_records(rows: list[dict], passages: list[dict], mode: str = "simu
         recs += igd_records(traj, r, by_id, GROUND_INSTRUCTION)
         gold[r["qid"]] = " ".join(by_id[i]["text"] for i in r["gold_passage_ids"] if i in by_id)
     return igd_filter(recs, gold)
+
+
+@register("sft_data", "agents_span")
+def span_rows(opts: dict, seed: int) -> tuple[list[dict], list[dict]]:
+    """The sft job's `data.builder: agents_span`: (train rows, eval rows) of oracle SPAN records.
+    Options: `domain` (tmdb), `train_worlds` (list of world seeds; default [1, 2, 3]), `eval_world`
+    (the held-out world, default 0, the one the sandbox serves), `query_prefix` (keep only tasks whose
+    query starts with it), `eval_limit` (at most this many eval tasks)."""
+    from lathe.data import restbench as rb
+    from lathe.platform.errors import ConfigError
+
+    known = {"domain", "train_worlds", "eval_world", "query_prefix", "eval_limit"}
+    bad = sorted(set(opts) - known)
+    if bad:
+        raise ConfigError(f"data.builder_options: unknown option(s) {', '.join(bad)} for agents_span "
+                          f"(known: {', '.join(sorted(known))})")
+    domain = opts.get("domain", "tmdb")
+    prefix = opts.get("query_prefix") or ""
+    cfg = student_config()
+
+    def world_rows(w: int, limit: int | None = None) -> list[dict]:
+        world = rb.build_world(w)
+        tf = rb.generate(domain, w, world)
+        tasks = [t for t in tf.tasks if t.query.startswith(prefix)][:limit]
+        return to_sft_rows(oracle_conagents_records(tasks, tf.tools, world, domain, cfg, seed))
+
+    train = [r for w in opts.get("train_worlds", [1, 2, 3]) for r in world_rows(int(w))]
+    held = world_rows(int(opts.get("eval_world", 0)), opts.get("eval_limit"))
+    if not train:
+        raise ConfigError(f"data.builder_options: no {domain} task matches query_prefix {prefix!r}")
+    return train, held

@@ -57,6 +57,8 @@ class OracleConAgents(ChatLLM):
         if last.startswith("Tool documentation"):
             m = re.search(r"^Instruction: (.*)$", last, re.M)
             step = self._step_by(m.group(1) if m else last) or self.task.plan[0]
+            if "\nJSON:" in last:  # the compact (student) prompt: url and params only; the thought instructs the reader
+                return _done(json.dumps({"url": step["url"], "params": step["params"]}))
             return _done(json.dumps({"url": step["url"], "params": step["params"],
                                      "output_instructions": step["output_instructions"],
                                      "description": step["thought"]}))
