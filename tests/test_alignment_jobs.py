@@ -37,6 +37,7 @@ def test_dpo_lora_job_raises_margin_and_saves_adapter(ray_local, tmp_path):
     assert "eval_reward_policy" in res
 
 
+@pytest.mark.slow  # a Ray Train fit of the Bradley-Terry head (~45 s on 2 cores)
 def test_reward_model_job_learns_the_preference(ray_local, tmp_path):
     res, run = run_job("configs/align/reward_model.yaml", tmp_path, "train.max_steps=12", "train.batch_size=8",
                        "data.n_train=96", "data.n_test=32", "eval_pairs=32", "train.lr=3e-3")
