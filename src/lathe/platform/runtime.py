@@ -47,11 +47,13 @@ def _init_embedded(kwargs: dict):
 
 
 def _init_loopback(kwargs: dict):
-    """ray.init on a cluster that lives on 127.0.0.1 (`ray start --node-ip-address=127.0.0.1`).
+    """ray.init on a cluster whose nodes registered as 127.0.0.1 (ray.cluster_utils, or nodes started
+    with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0); tried first for a loopback address.
 
     Ray rewrites a loopback address to the machine's outward IP before it connects, and looks for the
-    local raylet there, so a loopback-only cluster is unreachable. Its own switch for this
-    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is read once at import; apply it for this connection only.
+    local raylet there, so such a cluster is unreachable. (`ray start --node-ip-address=127.0.0.1`
+    itself registers the outward IP; the plain ray.init that follows a failure here reaches it.) Ray's own switch for this is read
+    once at import; apply it for this connection only.
     """
     import ray
     from ray._private import ray_constants
@@ -85,7 +87,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         # refuses a second one that sets the same keys.
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         init = dict(address=address, runtime_env=None if in_job else runtime_env, log_to_driver=not quiet)
-        ctx = _init_loopback(init) if _is_loopback(address) else ray.init(**init)
+        if _is_loopback(address):
+            try:
+                ctx = _init_loopback(init)
+            except (ConnectionError, RuntimeError):
+                # nodes that registered the outward IP (`ray start` rewrites 127.0.0.1): Ray's own path
+                ray.shutdown()
+                ctx = ray.init(**init)
+        else:
+            ctx = ray.init(**init)
         embedded = False
     else:
         # address="local": always start our own; with None, ray.init joins any Ray it finds running
