@@ -457,6 +457,7 @@ def test_unknown_architecture_needs_templates():
     assert r.rewrite_name(3) == "y3"
 
 
+@pytest.mark.slow  # trains the knowledge model through Ray on a fresh clone (minutes; cached after)
 def test_rome_makes_target_top_token_on_graph_trained_model(ray_local):
     """On the tiny model that learned the synthetic graph (configs/edit/rome.yaml's knowledge model, trained
     once through Ray and cached), ROME makes the new object's first token the top next token of the edit
