@@ -12,14 +12,11 @@ per-item LLM factories and the agent configs that model runs with.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Callable
 
-from lathe.platform.pretrained import cache_root
+from lathe.jobs.cached_model import recipe_key, trained_once  # noqa: F401  (recipe_key: the cache key)
 
 DEFAULT_RECIPE: dict = {
     "job": "sft", "name": "agents-student", "seed": 0, "method": "lora",
@@ -33,34 +30,10 @@ DEFAULT_RECIPE: dict = {
 }
 
 
-def recipe_key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def student_dir(recipe: dict | None = None, root: str | Path | None = None, show_progress: bool = True) -> Path:
     """The merged model dir of the recipe's distillation; trains it (sft job, Ray Train) when not cached."""
-    recipe = copy.deepcopy(recipe or DEFAULT_RECIPE)
-    out = Path(root or cache_root()) / "agents" / f"student-{recipe_key(recipe)}"
-    merged = out / "merged"
-    if (merged / "config.json").is_file():
-        return merged
-    from lathe.jobs.sft import SFTJob, load_artifact
-    from lathe.methods.peft.common import export_merged
-    from lathe.platform.config import validate
-    from lathe.platform.runstore import RunDir
-    from lathe.platform.runtime import ray_session
-
-    cfg = validate({**recipe, "output_root": str(out / "runs")}, "agents embedded default")
-    print(f"lathe: distilling the agents' default model once ({cfg.method} on {cfg.model.preset or cfg.model.path},"
-          f" {cfg.train.max_steps} steps on oracle trajectories); cached in {out}", flush=True)
-    with ray_session():
-        res = SFTJob().run(cfg, RunDir.create(cfg), show_progress=show_progress)
-    model, tok = load_artifact(res["artifact"])
-    tmp = out / "merged.tmp"
-    export_merged(model, tok, tmp)
-    (tmp / "lathe_recipe.json").write_text(json.dumps({"recipe": recipe, "results": res}, default=str))
-    tmp.rename(merged)
-    return merged
+    return trained_once(recipe or DEFAULT_RECIPE, "agents/student",
+                        "the agents' default model (distilled from oracle trajectories)", root, show_progress)
 
 
 def model_backends(name: str, send: Callable | None = None, passages_by_id: dict | None = None,

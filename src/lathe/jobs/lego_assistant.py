@@ -8,12 +8,9 @@ keeps them equal). The cache key is a hash of the recipe, so changing it retrain
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 from pathlib import Path
 
-from lathe.platform.pretrained import cache_root  # one cache root ($LATHE_CACHE) for every cached model
+from lathe.jobs.cached_model import recipe_key, trained_once  # noqa: F401  (recipe_key: the cache key)
 
 DEFAULT_RECIPE: dict = {
     "job": "sft", "name": "lego-melora", "seed": 0, "method": "melora",
@@ -28,31 +25,7 @@ DEFAULT_RECIPE: dict = {
 }
 
 
-def recipe_key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def assistant_dir(recipe: dict | None = None, root: str | Path | None = None, show_progress: bool = True) -> Path:
     """The merged model dir of the recipe's fine-tune; trains it (sft job, Ray Train) when not cached."""
-    recipe = copy.deepcopy(recipe or DEFAULT_RECIPE)
-    out = Path(root or cache_root()) / "lego" / f"assistant-{recipe_key(recipe)}"
-    merged = out / "merged"
-    if (merged / "config.json").is_file():
-        return merged
-    from lathe.jobs.sft import SFTJob, load_artifact
-    from lathe.methods.peft.common import export_merged
-    from lathe.platform.config import validate
-    from lathe.platform.runstore import RunDir
-    from lathe.platform.runtime import ray_session
-
-    cfg = validate({**recipe, "output_root": str(out / "runs")}, "lego embedded default")
-    print(f"lathe: training the LEGO assistant's default model once ({cfg.method} on {cfg.model.preset or cfg.model.path},"
-          f" {cfg.train.max_steps} steps); cached in {out}", flush=True)
-    with ray_session():
-        res = SFTJob().run(cfg, RunDir.create(cfg), show_progress=show_progress)
-    model, tok = load_artifact(res["artifact"])
-    tmp = out / "merged.tmp"
-    export_merged(model, tok, tmp)
-    (tmp / "lathe_recipe.json").write_text(json.dumps({"recipe": recipe, "results": res}, default=str))
-    tmp.rename(merged)
-    return merged
+    return trained_once(recipe or DEFAULT_RECIPE, "lego/assistant", "the LEGO assistant's default model", root,
+                        show_progress)
