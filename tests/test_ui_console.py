@@ -180,3 +180,13 @@ def test_console_submits_tiny_sft_job_and_shows_results(tmp_path):
         assert runs and (runs[0] / "results.json").is_file()
     finally:
         handle.stop()
+
+
+def test_the_jobs_dropdown_starts_on_the_tiny_demo():
+    """A new config directory sorting first (configs/agents/...) must not become the first submit."""
+    from lathe.ui.jobs import default_config, shipped_configs
+
+    configs = shipped_configs(ROOT / "configs")
+    assert default_config(configs).endswith("sft/tiny_demo.yaml")
+    assert default_config(shipped_configs(ROOT / "configs", tune=True)).endswith("sft/tiny_tune.yaml")
+    assert default_config(["b.yaml", "a.yaml"]) == "b.yaml" and default_config([]) is None

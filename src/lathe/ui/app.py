@@ -104,7 +104,7 @@ def _jobs_tab(console: Console, demo) -> None:
     configs = J.shipped_configs(console.configs_root)
     with gr.Tab("Jobs", id="jobs"):
         with gr.Row():
-            config = gr.Dropdown(configs, value=configs[0] if configs else None, label="config", elem_id="jobs-config")
+            config = gr.Dropdown(configs, value=J.default_config(configs), label="config", elem_id="jobs-config")
             reload_btn = gr.Button("reset form", scale=0)
         form = gr.Dataframe(headers=J.FORM_COLUMNS, label="overrides (edit the value column)", interactive=True,
                             static_columns=[0, 2, 3], elem_id="jobs-form", max_height=360, wrap=True)
@@ -177,7 +177,7 @@ def _tune_tab(console: Console, demo) -> None:
     configs = J.shipped_configs(console.configs_root, tune=True)
     plot_dir = Path(tempfile.mkdtemp(prefix="lathe-ui-plots-"))
     with gr.Tab("Tune", id="tune"):
-        config = gr.Dropdown(configs, value=configs[0] if configs else None, label="sweep config (has a tune: section)",
+        config = gr.Dropdown(configs, value=J.default_config(configs), label="sweep config (has a tune: section)",
                              elem_id="tune-config")
         extra = gr.Textbox(label="overrides (key.sub=value, space-separated)", elem_id="tune-extra",
                            placeholder="tune.num_samples=2")

@@ -37,6 +37,19 @@ def shipped_configs(root: str | Path = "configs", tune: bool | None = None) -> l
     return out
 
 
+# the quick Ray Train demo (and its sweep): what a newcomer's first submit should run
+PREFERRED = ("sft/tiny_demo.yaml", "sft/tiny_tune.yaml")
+
+
+def default_config(configs: list[str]) -> str | None:
+    """The dropdown's first pick: a preferred tiny config when shipped, else the first one."""
+    for want in PREFERRED:
+        for c in configs:
+            if Path(c).as_posix().endswith(want):
+                return c
+    return configs[0] if configs else None
+
+
 # --- the form -------------------------------------------------------------------------------
 
 def _type_name(annotation: Any) -> str:
