@@ -11,6 +11,7 @@ Tasks (offline, seeded):
       with negation ("the food was not bad" -> positive-ish class rules below); mean-pooled embedding +
       linear head (the head is trained for every method and counted separately); metric: accuracy.
 Trainable parameters are the adapter's (ASLoRA: distinct tensors after merging). Writes runs/bench/peft_quality.json.
+Exit status 1 when a target is missed; `--no-enforce` (from `_common.add_enforce`) only reports.
 """
 
 from __future__ import annotations

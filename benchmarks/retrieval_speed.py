@@ -24,6 +24,7 @@ The scale sweep (report only) shows the corpus size where HNSW pays: its QPS vs 
 >= 0.95, and its build time. 1M x 384 needs ~6 GiB of RAM and a long HNSW build on 2 cores.
 Targets: Flat >= 2x numpy with identical top-10; HNSW recall@10 >= 0.95 at >= 10x Flat's QPS.
 Writes runs/bench/retrieval_speed-<time>.json; the last line is the headline.
+Exit status 1 when a target is missed; `--no-enforce` (from `_common.add_enforce`) only reports.
 """
 
 from __future__ import annotations

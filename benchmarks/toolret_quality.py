@@ -14,6 +14,7 @@ configs/retrieval/retriever_train.yaml (sizes overridden below); scoring is `lat
 
 Training queries are disjoint from the evaluation queries but target the same tool corpus (in-domain).
 Writes runs/bench/toolret_quality-<time>.json; the last line is the headline.
+Exit status 1 when a target is missed; `--no-enforce` (from `_common.add_enforce`) only reports.
 """
 
 from __future__ import annotations

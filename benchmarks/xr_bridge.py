@@ -15,6 +15,7 @@ still arrives and that its last scene is the session's final state.
 
 Targets: p99 < 100 ms at 8 clients, and the brick diff >= 10x smaller than the full GLB at step 20.
 Writes runs/bench/xr_bridge-<time>.json; the last line is the headline.
+Exit status 1 when a target is missed; `--no-enforce` (from `_common.add_enforce`) only reports.
 """
 
 from __future__ import annotations
