@@ -52,8 +52,8 @@ def _init_loopback(kwargs: dict):
 
     Ray rewrites a loopback address to the machine's outward IP before it connects, and looks for the
     local raylet there, so such a cluster is unreachable. (`ray start --node-ip-address=127.0.0.1`
-    itself registers the outward IP; the plain ray.init that follows a failure here reaches it.) Ray's own switch for this is read
-    once at import; apply it for this connection only.
+    itself registers the outward IP; the plain ray.init that follows a failure here reaches it.)
+    Ray's own switch for this is read once at import; apply it for this connection only.
     """
     import ray
     from ray._private import ray_constants
