@@ -57,12 +57,24 @@ def test_bad_override_is_one_line_before_any_cluster(tmp_path):
 def test_log_parsing():
     from lathe.ui.jobs import clean_log, parse_markdown_table, parse_progress
 
-    log = ("lathe: sft 'x' -> /tmp/runs/x-1\nsft[full]:  10%|#  | 2/20 [00:01<00:09]\rsft[full]:  50%|## | 10/20 "
-           "[00:05<00:05]\n| steps | final_loss |\n|---|---|\n| 20 | 1.25 |\n\nreport: /tmp/runs/x-1/report.md\n")
+    # the weight-loading bar after training is not the job's progress
+    log = ("lathe: sft 'x' -> /tmp/runs/x-1\nsft[full]:  10%|#  | 2/20 [00:01<00:09, 1.9step/s]\rsft[full]:  50%|## "
+           "| 10/20 [00:05<00:05, 1.31s/step]\nLoading weights: 100%|###| 38/38 [00:00<00:00, 6112.50it/s]\n"
+           "| steps | final_loss |\n|---|---|\n| 20 | 1.25 |\n\nreport: /tmp/runs/x-1/report.md\n")
     assert parse_progress(log) == (0.5, "10/20 steps")
     assert parse_markdown_table(log) == [{"steps": "20", "final_loss": "1.25"}]
     assert "2/20" not in clean_log(log)
     assert parse_progress("no bar here") == (None, "")
+
+
+def test_results_table_update_renders_every_column():
+    """The Jobs and Tune tabs show a finished job's results through this update (a wrong Dataframe
+    keyword once made every refresh after SUCCEEDED fail, so the page never left RUNNING)."""
+    from lathe.ui.app import _table
+
+    update = _table([{"steps": 4, "final_loss": 5.5}, {"steps": 8, "eval_loss": 5.0}])
+    assert update.value["headers"] == ["steps", "final_loss", "eval_loss"]
+    assert update.value["data"] == [[4, 5.5, None], [8, None, 5.0]]
 
 
 def test_shipped_configs_and_runs(tmp_path):

@@ -71,11 +71,15 @@ def _progress_html(view: J.JobView | None) -> str:
            f'{"%" if view.progress is not None else ""}{extra}{bar}{run}</div>'
 
 
-def _table(rows: list[dict]) -> dict:
+def _table(rows: list[dict]):
+    """A results Dataframe update: one column per key seen in any row."""
+    import gradio as gr
+
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    return {"headers": cols or ["(no results yet)"], "data": [[r.get(c) for c in cols] for r in rows] or [[""]]}
+    return gr.Dataframe(value={"headers": cols or ["(no results yet)"],
+                               "data": [[r.get(c) for c in cols] for r in rows] or [[""]]})
 
 
 def build(console: Console):
@@ -149,7 +153,7 @@ def _jobs_tab(console: Console, demo) -> None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         view = console.jobs.view(jid)
         msg = f"error: {view.message}" if view.message else gr.skip()
-        table = gr.Dataframe(**_table(view.results)) if view.results else gr.skip()
+        table = _table(view.results) if view.results else gr.skip()
         return _progress_html(view), view.log_tail, table, msg
 
     @guarded(1, 0)
@@ -219,7 +223,7 @@ def _tune_tab(console: Console, demo) -> None:
             image = str(plot_curves(plot_dir / f"{jid}.png", {k: v for k, v in series.items() if v[0]},
                                     xlabel="step", ylabel=metric, title=f"{metric} per trial"))
         msg = f"error: {view.message}" if view.message else gr.skip()
-        return (_progress_html(view), gr.Dataframe(**_table(rows)) if rows else gr.skip(), image, view.log_tail, msg)
+        return (_progress_html(view), _table(rows) if rows else gr.skip(), image, view.log_tail, msg)
 
     @guarded(1, 0)
     def do_stop(jid):

@@ -127,7 +127,8 @@ class JobView:
         return self.status in TERMINAL
 
 
-_BAR = re.compile(r"(\d+)/(\d+) \[")
+# The job's own bar counts "step"s (jobs/base.py); others in the log (weight loading, eval) are not progress.
+_BAR = re.compile(r"(\d+)/(\d+) \[[^\]\n]*step")
 _RUN_DIR = re.compile(r"^lathe: (?:tuning )?\S+ '[^']*' -> (\S+)\s*$", re.MULTILINE)
 _ERROR = re.compile(r"^lathe: error: (.+)$", re.MULTILINE)
 
