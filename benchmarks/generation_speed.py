@@ -71,15 +71,8 @@ def worker(engine: str, dtype: str, batches: list[int], max_tokens: int, model_d
             return int(out[:, enc.input_ids.shape[1]:].numel())
     start_s = time.perf_counter() - t0
     run(prompts(eng.tokenizer, 1))  # warm-up
-    # Quality probe: the greedy answer to the first question, stopping at EOS as served.
-    if engine == "vllm":
-        answer = eng.llm.generate(prompts(eng.tokenizer, 1), SamplingParams(max_tokens=16, temperature=0),
-                                  use_tqdm=False)[0].outputs[0].text
-    else:
-        enc = tok(prompts(tok, 1), return_tensors="pt", add_special_tokens=False).to(eng.device)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
-        answer = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    # Quality probe: the greedy answer to the first question through the engine's served path.
+    answer = eng.generate(prompts(eng.tokenizer, 1), llm_app._Sampling(max_tokens=16, temperature=0))[0].text
     rows = []
     for b in batches:
         t = time.perf_counter()

@@ -32,13 +32,12 @@ def trained_once(recipe: dict, where: str, label: str, root: str | Path | None =
     from lathe.platform.runstore import RunDir
     from lathe.platform.runtime import ray_session
 
-    run = copy.deepcopy(recipe)
-    ray_cfg = run.setdefault("ray", {})
+    ray_cfg = dict(recipe.get("ray", {}))
     if ray_cfg.get("num_workers", 1) == 1:
         # One worker gets the machine's cores (torch threads). Thread count does not change what is
         # learned, so it stays out of the cache key; on 2 cores this halves the first run.
         ray_cfg.setdefault("cpus_per_worker", float(min(os.cpu_count() or 1, 8)))
-    cfg = validate({**run, "output_root": str(out / "runs")}, label)
+    cfg = validate({**recipe, "ray": ray_cfg, "output_root": str(out / "runs")}, label)
     print(f"lathe: training {label} once ({cfg.method} on {cfg.model.preset or cfg.model.path}, "
           f"{cfg.train.max_steps} steps); cached in {out}", flush=True)
     with ray_session():
