@@ -111,6 +111,9 @@ def main() -> int:
     main_recs = main_recs[:n] if n else main_recs
     subj_recs = subj_recs[:max(1, n // 2)] if n else subj_recs
     recs = [("main", r) for r in main_recs] + [("subj", r) for r in subj_recs]
+    uptake = teacher_uptake(model, tok, main_recs)
+    print(f"LTI teacher (unedited model, ICL prefix): P(o*) {uptake['p_new_plain']:.3f} -> "
+          f"{uptake['p_new_in_context']:.3f} in context; o* greedy on {uptake['top_in_context']}/{uptake['n']}", flush=True)
     out, t0 = {}, time.perf_counter()
     for ed in EDITORS:
         cfg = load_config(ROOT / "configs" / "edit" / f"{ed}.yaml", [f"cache_dir={ROOT / 'runs' / 'cache'}"])
@@ -183,6 +186,31 @@ def real_setup(n_main: int | None, n_subj: int | None, model_path: str | None = 
     return model, tok, main, subj, info, texts
 
 
+def teacher_uptake(model, tok, main: list[dict]) -> dict:
+    """LTI's premise: does the unedited model, given the ICL prefix "Imagine that <prompt> <o*>\\n", answer
+    o*? P(o*)'s first token with and without the prefix, and how often o* becomes the greedy answer."""
+    import torch
+
+    from lathe.data import world_facts as wf
+    from lathe.data.evoke import ICL_PREFIX, EditRequest
+    from lathe.methods.editing.common import continuation_ids
+
+    def p_first(prompt: str, obj: str) -> float:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1]
+        return float(logits.softmax(-1)[continuation_ids(tok, prompt, obj)[0]])
+
+    plain, icl, top = [], [], 0
+    for rec in main:
+        r = EditRequest.from_record(rec)
+        prefixed = ICL_PREFIX.format(r.text, r.target_new) + r.text
+        plain.append(p_first(r.text, r.target_new))
+        icl.append(p_first(prefixed, r.target_new))
+        top += wf.top_tokens_match(model, tok, prefixed, r.target_new)
+    n = max(1, len(main))
+    return {"n": len(main), "p_new_plain": sum(plain) / n, "p_new_in_context": sum(icl) / n, "top_in_context": top}
+
+
 def claims(out: dict) -> list[str]:
     """The paper's two claims, judged on the measured summaries (x100)."""
     g = lambda ed, k, when="post": out[ed]["summary"][when].get(k, float("nan"))  # noqa: E731
@@ -251,7 +279,7 @@ def real_main(args) -> int:
                         "EVOKE (SmolLM2-135M-Instruct, world facts): EOS vs efficacy")
     verdicts = claims(out)
     (bench / "evoke_lti_real.json").write_text(json.dumps(
-        {"quick": args.quick, "probe": info, "main_cases": len(main_recs), "subj_cases": len(subj_recs),
+        {"quick": args.quick, "probe": info, "teacher_uptake": uptake, "main_cases": len(main_recs), "subj_cases": len(subj_recs),
          "results": out, "table": table, "claims": verdicts}, indent=1, default=float))
     (bench / "evoke_lti_real.md").write_text(table + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
     print(table)
