@@ -56,9 +56,9 @@ def _top_rated(world_seed: int):
     return next(t for t in tf.tasks if "top rated" in t.query), tf, world
 
 
-# Meant for the fast suite (~60 s on idle cores: 18 oracle tasks, 150 tiny steps, 8 one-step rollouts);
-# slow until it has been seen passing: this round's load kept Ray Train from reaching its first step.
-@pytest.mark.slow
+# ~60 s on 2 idle cores (18 oracle tasks, 150 tiny steps, 8 one-step rollouts); measured 2026-12-02:
+# distilled Success/Path 100/100, undistilled 0/0. Catches: a broken SPAN export or sft data path (the
+# student never learns the protocol), or rollouts that ignore the loaded weights.
 def test_sft_on_oracle_trajectories_beats_the_undistilled_student(ray_local, tmp_path):
     """tiny-1m, full FT through the sft job on oracle SPAN records ("who directed" tasks of world 1 and
     the top-rated task of worlds 1-6); held out: the top-rated task of worlds 0, 7, 8, 9 (other
