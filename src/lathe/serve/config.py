@@ -60,7 +60,7 @@ class LLMAppConfig(Strict):
                                            "load), or a tiny preset saved on first start")
     served_name: str | None = Field(None, description="model name in responses; default: the dir name")
     engine: Literal["auto", "vllm", "transformers"] = Field(
-        "auto", description="auto: vLLM on CUDA or on CPUs with bf16 units, else transformers (pick_engine)")
+        "auto", description="auto: vLLM on CUDA or on AVX512-BF16 CPUs without AMX, else transformers (pick_engine)")
     max_model_len: int = Field(256, ge=16)
     max_tokens_limit: int = Field(256, ge=1, description="largest max_tokens a request may ask for")
     kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu: VLLM_CPU_KVCACHE_SPACE")
