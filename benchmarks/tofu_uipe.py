@@ -16,7 +16,7 @@ Target (exit 1 when missed; `--no-enforce` only reports): θ_ini memorised the f
 forget ROUGE-L ≥ 0.9) and, for at least one base method, the mean test ΔFQ = FQ(α*) − FQ(0) over
 seeds has a 95 % CI above 0 while the mean test ΔMU ≥ −5 % of MU(α = 0) (the paper's claim).
 
-    .venv/bin/python benchmarks/tofu_uipe.py --quick   # 10 authors × 10 QA, 2 epochs, seeds 0 1 2
+    .venv/bin/python benchmarks/tofu_uipe.py --quick   # 10 authors × 10 QA, 5 epochs at 1e-3, seeds 0 1 2 (~10 min)
     .venv/bin/python benchmarks/tofu_uipe.py           # 20 authors × 10 QA, 4 epochs
     .venv/bin/python benchmarks/tofu_uipe.py --full-scale   # 200 authors × 20 QA, tiny-20m (GPU)
 
@@ -50,7 +50,7 @@ def config(method: str, scale: str, seed: int, lr: float | None, epochs: int | N
     if scale == "quick":
         data = {"n_authors": 10, "qa_per_author": 10, "n_real_authors": 10, "n_world_facts": 10, "max_length": 64}
         sft = {"epochs": 30, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "checkpoint_every": 10_000}
-        un = {"epochs": 2, "batch_size": 4, "lr": 3e-4, "checkpoint_every": 10_000}
+        un = {"epochs": 5, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 10_000}  # 3e-4 x 2 did not unlearn
         model, new_tokens = {"preset": "tiny-1m", "tokenizer_vocab": 1024}, 24
     elif scale == "small":
         data = {"n_authors": 20, "qa_per_author": 10, "n_real_authors": 20, "n_world_facts": 20, "max_length": 64}
