@@ -111,9 +111,6 @@ def main() -> int:
     main_recs = main_recs[:n] if n else main_recs
     subj_recs = subj_recs[:max(1, n // 2)] if n else subj_recs
     recs = [("main", r) for r in main_recs] + [("subj", r) for r in subj_recs]
-    uptake = teacher_uptake(model, tok, main_recs)
-    print(f"LTI teacher (unedited model, ICL prefix): P(o*) {uptake['p_new_plain']:.3f} -> "
-          f"{uptake['p_new_in_context']:.3f} in context; o* greedy on {uptake['top_in_context']}/{uptake['n']}", flush=True)
     out, t0 = {}, time.perf_counter()
     for ed in EDITORS:
         cfg = load_config(ROOT / "configs" / "edit" / f"{ed}.yaml", [f"cache_dir={ROOT / 'runs' / 'cache'}"])
@@ -249,6 +246,9 @@ def real_main(args) -> int:
     model, tok, main_recs, subj_recs, info, texts = real_setup(n, (max(1, n // 2) + (1 if args.quick else 0)) if n else None,
                                                                args.model_path)
     recs = [("main", r) for r in main_recs] + [("subj", r) for r in subj_recs]
+    uptake = teacher_uptake(model, tok, main_recs)
+    print(f"LTI teacher (unedited model, ICL prefix): P(o*) {uptake['p_new_plain']:.3f} -> "
+          f"{uptake['p_new_in_context']:.3f} in context; o* greedy on {uptake['top_in_context']}/{uptake['n']}", flush=True)
     out, t0 = {}, time.perf_counter()
     bench = ROOT / "runs" / "bench"
     for ed in args.editors.split(","):
