@@ -3,9 +3,10 @@ spec 3.7) from the gold-path oracle's ConAgents trajectories on seeded sandbox w
 on first use through the sft job and cached as a merged HF directory. The sandbox serves world 0, so
 the default model meets only held-out tasks. It runs with `distill.student_config()` (compact prompts).
 
-The recipe is `DEFAULT_RECIPE`; the cache key is its hash, so changing it retrains. It is a small
-budget (30 steps, lr 1e-3) rather than the spec's 3 epochs at 2e-4 (configs/agents/
-distill_smollm2_lora.yaml), so that first use costs minutes on CPUs; docs/agents.md says so.
+The recipe is `DEFAULT_RECIPE`; the cache key is its hash, so changing it retrains. It is about one
+pass over world 1's 382 SPAN rows (96 steps x 4, lr 1e-3) rather than the spec's 3 epochs at 2e-4
+(configs/agents/distill_smollm2_lora.yaml), so that first use costs ~10 minutes on 2 CPU cores; 30
+steps (a third of a pass) did not learn which second tool a relation needs. docs/agents.md says so.
 `model_backends` turns a model name (oracle | distilled | base | a model dir | an endpoint URL) into
 per-item LLM factories and the agent configs that model runs with.
 """
@@ -25,7 +26,7 @@ DEFAULT_RECIPE: dict = {
     "model": {"preset": "smollm2-135m-instruct"},
     "data": {"builder": "agents_span", "max_length": 320,
              "builder_options": {"domain": "tmdb", "train_worlds": [1], "eval_world": 0, "eval_limit": 6}},
-    "train": {"max_steps": 30, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 3, "checkpoint_every": 1000},
+    "train": {"max_steps": 96, "batch_size": 4, "lr": 1.0e-3, "warmup_steps": 5, "checkpoint_every": 1000},
     "ray": {"num_workers": 1},
 }
 
