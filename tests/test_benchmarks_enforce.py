@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+
 def scripts() -> list[Path]:
     return sorted(p for p in BENCH.glob("*.py") if p.name != "_common.py")
 
