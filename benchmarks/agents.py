@@ -3,7 +3,7 @@ retrieve-then-read on the multi-hop corpus) per model, and serving load on loopb
 
 Models: `oracle` (the gold-path teacher: an upper bound that checks the harness), `base` (SmolLM2-135M-
 Instruct, full prompts), `distilled` (the agents' embedded default: SmolLM2 + a LoRA distilled by the sft
-job from oracle trajectories on worlds 1-3, cached; lathe.jobs.agents_student), `tiny` (a tiny-preset
+job from oracle trajectories on world 1, cached; lathe.jobs.agents_student), `tiny` (a tiny-preset
 student distilled the same way), and `endpoint` when LATHE_AGENT_ENDPOINT is set (an OpenAI-compatible
 base URL; LATHE_AGENT_MODEL, LATHE_AGENT_KEY_ENV optional). Tasks are held out: world 0.
 
@@ -14,8 +14,8 @@ to end, requests/s; any error fails the run.
   python benchmarks/agents.py --quick                      # oracle, base, distilled; 2 tasks; 4 x 10 load
   python benchmarks/agents.py                              # + tiny; 10 tasks; 16 clients x 50 requests
   python benchmarks/agents.py --no-enforce                 # report only
-The last line is the serving summary with the distilled model's ConAgents/ReAct success ratio; the
-run fails (exit 1) when any serving request errs.
+The last line is the serving summary with the distilled model's ConAgents minus ReAct success, in points
+(a ratio is undefined when ReAct solves nothing); the run fails (exit 1) when any serving request errs.
 """
 
 from __future__ import annotations
@@ -220,15 +220,15 @@ def main() -> int:
         targets[f"serving: zero errors over {srv['requests']} requests (got {srv['errors']})"] = srv["errors"] == 0
     (OUT / "results.json").write_text(json.dumps(result, indent=1, default=str))
     student = by.get("distilled") or next((r for r in table if r["model"] != "oracle"), None)
-    ratio = student["conagents_success"] / max(student["react_success"], 1e-9) if student else float("nan")
+    gap = student["conagents_success"] - student["react_success"] if student else float("nan")
+    gap_text = f"{student['model'] if student else '-'} ConAgents - ReAct success {gap:+.1f} points"
     rc = verdict(targets, args.no_enforce)
     if "serving" in result:
         s = result["serving"]
         print(f"agents serving: {s['rps']:.1f} req/s, e2e p50 {s['p50_ms']:.0f} ms p99 {s['p99_ms']:.0f} ms, step "
-              f"p50 {s['step_p50_ms']:.1f} ms p99 {s['step_p99_ms']:.1f} ms, errors {s['errors']}; "
-              f"{student['model'] if student else '-'} ConAgents/ReAct success ratio {ratio:.2f}")
+              f"p50 {s['step_p50_ms']:.1f} ms p99 {s['step_p99_ms']:.1f} ms, errors {s['errors']}; {gap_text}")
     else:
-        print(f"agents: {student['model'] if student else '-'} ConAgents/ReAct success ratio {ratio:.2f}")
+        print(f"agents: {gap_text}")
     return rc
 
 
