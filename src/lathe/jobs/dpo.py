@@ -134,7 +134,7 @@ class DPOTask(SFTTask):
                                                             "init": self.init, "objective": self.objective}))
 
     def loss(self, model, batch):
-        tokens = float(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+        tokens = batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
         if self.objective == "sft_chosen":
             loss, m = D.sft_loss_on_chosen(model, batch)
             return loss, {**m, "tokens": tokens}

@@ -245,7 +245,7 @@ class RetrieverTask(TrainTask):
         q = model(batch["q_ids"], batch["q_mask"])
         p = model(batch["p_ids"], batch["p_mask"])
         loss = info_nce(q.float(), p.float(), batch["pos_mask"], batch["neg_mask"], self.c.temperature)
-        return loss, {"tokens": float(batch["q_mask"].sum() + batch["p_mask"].sum()),
+        return loss, {"tokens": batch["q_mask"].sum() + batch["p_mask"].sum(),
                       "passages": float(batch["p_ids"].shape[0])}
 
     def save_artifact(self, model, tokenizer, out_dir: Path) -> None:

@@ -67,7 +67,7 @@ class RewardTask(TrainTask):
         rc = R.scores(model, batch["chosen_input_ids"], batch["chosen_attention_mask"])
         rr = R.scores(model, batch["rejected_input_ids"], batch["rejected_attention_mask"])
         loss, m = R.bt_loss(rc, rr)
-        m["tokens"] = float(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+        m["tokens"] = batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum()
         return loss, m
 
 

@@ -31,6 +31,9 @@ class TrainTask:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, metrics). A metric may be a float or a 0-dim tensor; return device tensors as they
+        are (e.g. `mask.sum()`, not `float(mask.sum())`): the loop reads them only when it logs, so the
+        device is not waited on every micro-batch. "tokens" counts the batch's tokens (throughput)."""
         raise NotImplementedError
 
     def on_train_start(self, model: nn.Module, total_steps: int) -> None:

@@ -203,10 +203,12 @@ def _worker(loop_cfg: dict) -> None:
                         engine.step()
                     else:
                         (loss / len(group)).backward()
-                    # a float64 tensor (the same sum as Python floats gave), read only when logged
+                    # float64 tensors (the same sums as Python floats gave), read only when logged or
+                    # checkpointed: a float() per micro-batch would wait for the device every step
                     loss_sum = loss_sum + loss.detach().double() / len(group)
                     for k, v in metrics.items():
-                        logs[k] = logs.get(k, 0.0) + float(v) / (1 if k == "tokens" else len(group))
+                        v = v.detach().double() if torch.is_tensor(v) else v
+                        logs[k] = logs.get(k, 0.0) + v / (1 if k == "tokens" else len(group))
                 if engine is None:
                     logs.update(task.before_step(core, step + 1, opt))
                     grad_norm = (torch.nn.utils.clip_grad_norm_(core.parameters(), train.max_grad_norm)
@@ -224,10 +226,11 @@ def _worker(loop_cfg: dict) -> None:
                 if logged or checkpoint:
                     loss_sum = float(loss_sum)
                 if logged:
+                    tokens = float(tokens)
                     elapsed = time.perf_counter() - t0
                     rec = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
                            "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0, "elapsed_s": elapsed,
-                           "tokens_seen": tokens, **logs}
+                           "tokens_seen": tokens, **{k: float(v) for k, v in logs.items()}}
                     if grad_norm is not None:
                         rec["grad_norm"] = float(grad_norm)
                     pending.append(rec)

@@ -266,7 +266,7 @@ class UnlearnTask(TrainTask):
             if next(self.ref.parameters()).device != dev:
                 self.ref.to(dev)
         loss, metrics = self.loss_fn(model, self.ref, batch)
-        metrics["tokens"] = float(batch["forget_attention_mask"].sum() + batch["retain_attention_mask"].sum())
+        metrics["tokens"] = batch["forget_attention_mask"].sum() + batch["retain_attention_mask"].sum()
         return loss, metrics
 
 

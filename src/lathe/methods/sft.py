@@ -90,7 +90,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     nll, mask = token_nll(logits, batch["labels"])
     n = mask.sum()
-    return nll.sum() / n.clamp(min=1), {"tokens": float(batch["attention_mask"].sum())}
+    return nll.sum() / n.clamp(min=1), {"tokens": batch["attention_mask"].sum()}
 
 
 @torch.no_grad()

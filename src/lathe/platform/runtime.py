@@ -100,8 +100,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
     else:
         # address="local": always start our own; with None, ray.init joins any Ray it finds running
         # on the machine (another process's cluster) and then refuses num_cpus
+        # One local node cannot be preempted: Ray Train's preemption watcher (an actor that imports
+        # Ray Train and polls the GCS) would only take CPU from the first training steps.
+        embedded_env = {"env_vars": {**runtime_env["env_vars"], "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
         kwargs = dict(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                      _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=not quiet,
+                      _node_ip_address="127.0.0.1", runtime_env=embedded_env, log_to_driver=not quiet,
                       logging_level="ERROR", configure_logging=True)
         ctx = _init_embedded(kwargs)
         embedded = True
