@@ -132,6 +132,19 @@ def _open_tab(page, name):
     page.get_by_role("tab", name=name).click()
 
 
+def _wait_reply(page, text: str, timeout_ms: int) -> None:
+    """Wait for the assistant's reply; on a timeout, fail with what the console's error line shows
+    (a hang once took 300 s in a full run and said nothing about why)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text).wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        err = page.locator("#assistant-error")
+        shown = err.inner_text(timeout=5_000) if err.count() else "(no error element)"
+        raise AssertionError(f"no {text!r} after {timeout_ms // 1000} s; the console's error line: {shown!r}") from None
+
+
 def test_console_chat_changes_scene_and_bad_override_shows_error(console):
     from playwright.sync_api import sync_playwright
 
@@ -145,7 +158,7 @@ def test_console_chat_changes_scene_and_bad_override_shows_error(console):
             before = img.get_attribute("src")
             page.locator("#assistant-say textarea").fill("go to the next step")
             page.locator("#assistant-send").click()
-            page.get_by_text("Here is the next step.").wait_for(timeout=300_000)
+            _wait_reply(page, "Here is the next step.", 300_000)
             page.wait_for_function(f"document.querySelector('#assistant-image img') && "
                                    f"document.querySelector('#assistant-image img').src !== {json.dumps(before)}",
                                    timeout=300_000)
