@@ -30,7 +30,8 @@ class TrainTask:
     def build(self) -> Built:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """(loss, metrics). A metric may be a float or a 0-dim tensor; return device tensors as they
         are (e.g. `mask.sum()`, not `float(mask.sum())`): the loop reads them only when it logs, so the
         device is not waited on every micro-batch. "tokens" counts the batch's tokens (throughput)."""

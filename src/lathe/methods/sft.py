@@ -85,8 +85,9 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll * mask, mask
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean NLL over answer tokens; reports the token count for throughput."""
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean NLL over answer tokens; reports the token count (a tensor, read when logged) for throughput."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     nll, mask = token_nll(logits, batch["labels"])
     n = mask.sum()
