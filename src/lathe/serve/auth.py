@@ -17,6 +17,37 @@ def resolve_token(token: str | None, env: str | None) -> str | None:
     return token
 
 
+class _Guard:
+    """The guards as plain ASGI middleware. Starlette's `@app.middleware("http")` wraps every
+    request in a task group and memory streams: ~0.7 ms of CPU per request on a 2-core box, on the
+    replica's core, which a serving replica should spend on its model."""
+
+    def __init__(self, app, api):
+        self.app, self.api = app, api
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from fastapi.responses import JSONResponse
+
+        conf = getattr(self.api.state, "guard", None) or {}
+        token, max_body_bytes = conf.get("token"), conf.get("max_body_bytes", 1 << 16)
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        refusal = None
+        if length.isdigit() and int(length) > max_body_bytes:
+            refusal = JSONResponse({"error": f"request body of {length} bytes exceeds the limit of {max_body_bytes}"},
+                                   status_code=413)
+        elif token and not scope.get("path", "").endswith("/healthz"):
+            got = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(got, f"Bearer {token}".encode()):
+                refusal = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                       headers={"WWW-Authenticate": "Bearer"})
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def install_guards(app) -> None:
     """Middleware: 413 on oversized bodies, 401 without the bearer token (healthz stays open);
     validation errors become 422 {"error": "<field>: <message>"}. The replica sets
@@ -25,20 +56,7 @@ def install_guards(app) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        conf = getattr(app.state, "guard", None) or {}
-        token, max_body_bytes = conf.get("token"), conf.get("max_body_bytes", 1 << 16)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return JSONResponse({"error": f"request body of {length} bytes exceeds the limit of {max_body_bytes}"},
-                                status_code=413)
-        if token and not request.url.path.endswith("/healthz"):
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.add_middleware(_Guard, api=app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
