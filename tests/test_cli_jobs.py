@@ -44,11 +44,14 @@ def test_lathe_tune_picks_the_best_trial(ray_local, tmp_path, capsys):
     assert len(list(tmp_path.glob("*/trials/*/metrics.jsonl"))) == 2
 
 
-@pytest.mark.slow
-def test_lathe_serve_cli_serves_the_retriever_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("ingress", [pytest.param("proxy", marks=pytest.mark.slow), "direct"])
+def test_lathe_serve_cli_serves_the_retriever_and_stops_on_ctrl_c(tmp_path, ingress):
     """`lathe serve configs/serve/retriever.yaml ...` in a subprocess (its own embedded Ray): prints
-    the URL, answers /search with the offline BM25 ranking, and shuts down on SIGINT (Ctrl-C)."""
+    the URL, answers /search with the offline BM25 ranking, and shuts down on SIGINT (Ctrl-C).
+    With http.ingress=direct the URL is the replica's own port, on loopback, and the proxy's
+    port answers the same."""
     import httpx
+    import psutil
 
     from lathe.methods.retrieval.bm25 import BM25Retriever
     from lathe.serve.retriever_app import load_corpus
@@ -57,7 +60,7 @@ def test_lathe_serve_cli_serves_the_retriever_and_stops_on_ctrl_c(tmp_path):
     port = _free_port()
     over = [f"http.port={port}", "retriever.synthetic_tools=60", "retriever.seed=3", "retriever.index_dir=null",
             "retriever.retrievers=[{kind: bm25, label: bm25}]", "retriever.default_retriever=bm25",
-            "retriever.replicas.num_cpus=0.5", f"output_root={tmp_path}"]
+            "retriever.replicas.num_cpus=0.5", f"output_root={tmp_path}", f"http.ingress={ingress}"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "lathe.cli", "serve", "configs/serve/retriever.yaml", *over],
@@ -72,7 +75,16 @@ def test_lathe_serve_cli_serves_the_retriever_and_stops_on_ctrl_c(tmp_path):
             lines.append(line)
             if line.startswith("lathe serve: retriever at "):
                 url = line.split(" at ", 1)[1].split()[0]
-        assert url == f"http://127.0.0.1:{port}/retriever", "".join(lines[-20:])
+        proxy_url = f"http://127.0.0.1:{port}/retriever"
+        if ingress == "proxy":
+            assert url == proxy_url, "".join(lines[-20:])
+        else:
+            assert url and url.startswith("http://127.0.0.1:") and url.endswith("/retriever"), "".join(lines[-20:])
+            replica_port = int(url.rsplit(":", 1)[1].split("/")[0])
+            assert replica_port != port
+            listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                         if c.laddr and c.laddr.port == replica_port and c.status == psutil.CONN_LISTEN}
+            assert listening == {"127.0.0.1"}, listening
         tools = load_corpus(RetrieverAppConfig(synthetic_tools=60, seed=3))
         offline = BM25Retriever()
         offline.index(tools)
@@ -80,6 +92,9 @@ def test_lathe_serve_cli_serves_the_retriever_and_stops_on_ctrl_c(tmp_path):
         body = httpx.post(url + "/search", json={"query": name, "k": 5}, timeout=60).json()
         assert [h["id"] for h in body["results"]] == [i for i, _ in offline.search([name], k=5)[0]]
         assert body["results"][0]["id"] == tools[11].id
+        if ingress == "direct":
+            via_proxy = httpx.post(proxy_url + "/search", json={"query": name, "k": 5}, timeout=60).json()
+            assert via_proxy["results"] == body["results"]
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=120) in (0, 130)
     finally:

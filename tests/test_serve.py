@@ -108,6 +108,18 @@ def test_retriever_app_http_422_then_serves(served):
     assert emb["dim"] == 384 and len(emb["embeddings"]) == 2
 
 
+def test_direct_ingress_without_it_is_one_clear_error(served, port):
+    """The shared test Ray runs Serve without direct ingress: asking for an app's replica URL says
+    so at once, instead of handing back the proxy's address as if it were the replica's."""
+    from lathe.platform.errors import ConfigError
+    from lathe.serve.deploy import direct_url
+
+    t = time.monotonic()
+    with pytest.raises(ConfigError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1"):
+        direct_url("retriever", "127.0.0.1", port, timeout_s=30)
+    assert time.monotonic() - t < 10
+
+
 def _tiny_model_dir(tmp_path):
     from lathe.data import qa
     from lathe.platform.zoo import build_tiny, save_pretrained, train_tokenizer

@@ -21,7 +21,8 @@ def _cmd_run(args) -> int:
     job = lookup("job", cfg.job)()
     run = RunDir.open(args.resume) if args.resume else RunDir.create(cfg)
     print(f"lathe: {cfg.job} '{cfg.name}' -> {run.path}", file=sys.stderr)
-    with ray_session(args.address or cfg.ray.address, quiet=not args.verbose):
+    direct = getattr(getattr(cfg, "http", None), "ingress", "proxy") == "direct"  # a serve config's http.ingress
+    with ray_session(args.address or cfg.ray.address, quiet=not args.verbose, serve_direct_ingress=direct):
         try:
             results = job.run(cfg, run)
         except (LatheError, KeyboardInterrupt):

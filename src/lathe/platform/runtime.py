@@ -67,11 +67,14 @@ def _init_loopback(kwargs: dict):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[dict]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+                serve_direct_ingress: bool = False) -> Iterator[dict]:
     """Connect to `address` (or RAY_ADDRESS), else start an embedded Ray on 127.0.0.1.
 
     An embedded Ray is shut down on exit; a cluster connection is only disconnected.
-    Nested use re-uses the running session.
+    Nested use re-uses the running session. `serve_direct_ingress` starts an embedded Ray whose
+    Serve replicas serve HTTP themselves (`http.ingress: direct`); Serve reads the switch once per
+    process, so a cluster must have it in its own environment.
     """
     import ray
 
@@ -103,6 +106,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: 
         # One local node cannot be preempted: Ray Train's preemption watcher (an actor that imports
         # Ray Train and polls the GCS) would only take CPU from the first training steps.
         embedded_env = {"env_vars": {**runtime_env["env_vars"], "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
+        if serve_direct_ingress:
+            # Serve drains a direct-ingress replica for 30 s before it stops, so that an external load
+            # balancer sees it go; on one node nothing routes to it but its own URL.
+            embedded_env["env_vars"].update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                                             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"})
         kwargs = dict(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                       _node_ip_address="127.0.0.1", runtime_env=embedded_env, log_to_driver=not quiet,
                       logging_level="ERROR", configure_logging=True)

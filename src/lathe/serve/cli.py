@@ -21,7 +21,7 @@ def _cmd_serve(args) -> int:
     if not isinstance(cfg, ServeConfig):
         raise ConfigError(f"{args.config}: job: expected 'serve' for lathe serve (got {cfg.job!r}); use lathe run")
     address = args.address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    with ray_session(address, quiet=not args.verbose):
+    with ray_session(address, quiet=not args.verbose, serve_direct_ingress=cfg.http.ingress == "direct"):
         from lathe.serve.deploy import deploy, wait_forever
 
         urls = deploy(cfg)

@@ -13,6 +13,10 @@ from lathe.platform.config import JobConfig, ModelConfig, Strict
 class HTTPConfig(Strict):
     host: str = Field("127.0.0.1", description="bind address; keep loopback unless a token is set")
     port: int = Field(8000, ge=0, le=65535)
+    ingress: Literal["proxy", "direct"] = Field(
+        "proxy", description="proxy: requests reach replicas through Serve's HTTP proxy (an actor call each); "
+        "direct: each app's single replica serves HTTP itself on its own port on this host (Serve's direct "
+        "ingress; one node, one replica per app; docs/serving.md)")
 
 
 class BatchingConfig(Strict):

@@ -58,8 +58,37 @@ def lego_model_dir(cfg: ServeConfig) -> str:
     return str(out.resolve())
 
 
+def direct_url(app: str, host: str, proxy_port: int, timeout_s: float = 60.0) -> str:
+    """http://host:port of `app`'s one ingress replica under Serve's direct ingress. The replica binds
+    Serve's HTTP host (`http.host`) on its node, whatever address the node registered in Ray."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from lathe.platform.errors import ConfigError
+
+    controller = _get_global_client()._controller  # Serve has no public call for its replicas' ports yet
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = [g for g in ray.get(controller.get_target_groups.remote(app)) if g.protocol == "HTTP"]
+        if not any(g.app_name == app for g in groups):  # only the proxy's own groups: no direct ingress
+            raise ConfigError(f"http.ingress=direct: this Ray's Serve runs without direct ingress "
+                              "(RAY_SERVE_ENABLE_DIRECT_INGRESS=1: lathe serve sets it for its embedded Ray; a "
+                              "cluster needs it in its nodes' environment); use http.ingress=proxy")
+        # until the replica has its port, Serve lists the proxy for the app
+        targets = [t for g in groups if g.app_name == app for t in g.targets if t.port != proxy_port]
+        if targets or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if len(targets) != 1:
+        raise ConfigError(f"http.ingress=direct: app {app!r} has {len(targets)} replicas with their own port; "
+                          "direct ingress serves one replica per app (nothing balances between them): "
+                          "use http.ingress=proxy")
+    return f"http://{host}:{targets[0].port}"
+
+
 def deploy(cfg: ServeConfig) -> dict[str, str]:
-    """Start Serve's HTTP proxy on cfg.http and run the configured apps; returns name -> URL."""
+    """Start Serve's HTTP proxy on cfg.http and run the configured apps; returns name -> URL
+    (the proxy's, or with `http.ingress: direct` each app's replica's own)."""
     from ray import serve
 
     token = resolve_token(cfg.auth_token, cfg.auth_token_env)
@@ -69,25 +98,28 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
         raise ConfigError(f"http.host={cfg.http.host}: exposing the service beyond loopback requires auth_token(_env)")
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
     base = f"http://{cfg.http.host}:{cfg.http.port}"
+
+    def url(app: str) -> str:
+        return direct_url(app, cfg.http.host, cfg.http.port) if cfg.http.ingress == "direct" else base
     urls = {}
     if cfg.retriever is not None:
         from lathe.serve.retriever_app import build_app
 
         serve.run(build_app(cfg.retriever, token), name="retriever", route_prefix=cfg.retriever.route_prefix,
                   blocking=False)
-        urls["retriever"] = base + cfg.retriever.route_prefix
+        urls["retriever"] = url("retriever") + cfg.retriever.route_prefix
     if cfg.llm is not None:
         from lathe.serve.llm_app import build_app as build_llm
 
         serve.run(build_llm(cfg.llm, materialize_model(cfg), token), name="llm", route_prefix=cfg.llm.route_prefix,
                   blocking=False)
-        urls["llm"] = base + cfg.llm.route_prefix
+        urls["llm"] = url("llm") + cfg.llm.route_prefix
     if cfg.sandbox is not None:
         from lathe.serve.sandbox_app import build_app as build_sandbox
 
         serve.run(build_sandbox(cfg.sandbox, token), name="sandbox", route_prefix=cfg.sandbox.route_prefix,
                   blocking=False)
-        urls["sandbox"] = base + cfg.sandbox.route_prefix
+        urls["sandbox"] = url("sandbox") + cfg.sandbox.route_prefix
     if cfg.agents is not None:  # after llm and sandbox: it looks their handles up by app name
         from lathe.serve.agents_app import STUDENT_APP, build_app as build_agents
 
@@ -104,7 +136,7 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
 
         serve.run(build_agents(cfg.agents, token), name="agents", route_prefix=cfg.agents.route_prefix,
                   blocking=False)
-        urls["agents"] = base + cfg.agents.route_prefix
+        urls["agents"] = url("agents") + cfg.agents.route_prefix
     if cfg.lego is not None:
         from lathe.serve.lego_app import build_app as build_lego
 
@@ -123,7 +155,7 @@ def deploy(cfg: ServeConfig) -> dict[str, str]:
             llm_app = "lego-llm"
         serve.run(build_lego(cfg.lego, token, llm_app), name="lego", route_prefix=cfg.lego.route_prefix,
                   blocking=False)
-        urls["lego"] = base + cfg.lego.route_prefix.rstrip("/")
+        urls["lego"] = url("lego") + cfg.lego.route_prefix.rstrip("/")
     return urls
 
 
