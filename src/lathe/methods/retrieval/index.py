@@ -22,21 +22,25 @@ Kind = Literal["flat", "hnsw", "ivf"]
 # queries; this wheel's default (128,000) sends every realistic batch to the per-query SIMD loop, which
 # is ~5-10x slower than GEMM for a batch of hundreds of queries. Single queries are unaffected.
 BLAS_THRESHOLD = 20
-# Documents per GEMM block on that path: faiss's default (1,024) runs the fused top-k over many
-# thin score blocks; 16,384 halved the CPU time of a 256-query search of 43k x 384 vectors
-# (docs/performance.md). Queries per block capped at 512 so the score block stays <= 32 MiB.
-BLAS_DATABASE_BS, BLAS_QUERY_BS = 16384, 512
+# Documents x queries per GEMM block on that path. 256 queries over 43k x 384 vectors, 2 threads
+# (docs/performance.md): 4,096 x 512 29-30 ms, faiss's default 1,024 x 4,096 31 ms, 16,384 x 512
+# 33-35 ms; the score block (8 MiB) stays in cache.
+BLAS_DATABASE_BS, BLAS_QUERY_BS = 4096, 512
+
+
+_tuned = False
 
 
 def _faiss():
+    """faiss with the settings above, applied once per process (a caller's later change stands)."""
+    global _tuned
     import faiss
 
-    if faiss.cvar.distance_compute_blas_threshold > BLAS_THRESHOLD:
-        faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    if faiss.cvar.distance_compute_blas_database_bs < BLAS_DATABASE_BS:
+    if not _tuned:
+        faiss.cvar.distance_compute_blas_threshold = min(faiss.cvar.distance_compute_blas_threshold, BLAS_THRESHOLD)
         faiss.cvar.distance_compute_blas_database_bs = BLAS_DATABASE_BS
-    if faiss.cvar.distance_compute_blas_query_bs > BLAS_QUERY_BS:
         faiss.cvar.distance_compute_blas_query_bs = BLAS_QUERY_BS
+        _tuned = True
     return faiss
 
 
