@@ -8,7 +8,7 @@ from 32 concurrent clients (httpx), first with `batching.enabled=false`, then wi
 `http.ingress: direct` (the replica serves HTTP itself: no proxy, no actor call per request). All
 runs use the same replica settings and the same saved index.
 
-    .venv/bin/python benchmarks/serve_load.py --quick    # 200 requests per setting, 120 tools (<60 s)
+    .venv/bin/python benchmarks/serve_load.py --quick    # 200 requests per setting, 120 tools (~1 min after start-up)
     .venv/bin/python benchmarks/serve_load.py            # 2,000 requests per setting, 500 tools
 
 Prints throughput (requests/s), p50 / p99 latency, errors (non-200 or transport errors) and the
