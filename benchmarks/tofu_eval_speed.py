@@ -5,15 +5,13 @@ time (batch size 1 for every forward pass and every generation), on the same mod
     .venv/bin/python benchmarks/tofu_eval_speed.py            # tiny-5m, 40 forget + 3×40 utility rows
     .venv/bin/python benchmarks/tofu_eval_speed.py --quick    # tiny-1m, 20 rows per set, shorter generations (< 60 s on 2 cores)
 
-Prints a table and, last, the headline speed-up; writes runs/bench/tofu_eval_speed.json.
+Prints a table and, last, the headline speed-up; writes runs/bench/tofu_eval_speed-<time>.json.
 Target: batched ≥ 5× naive with the same per-sample losses (max |ΔL| ≤ 1e-4); exit 1 when missed,
 `--no-enforce` only reports.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -24,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import add_enforce, verdict  # noqa: E402
+from _common import add_enforce, parser, save, verdict  # noqa: E402
 
 from lathe.data.tofu import tofu_synthetic  # noqa: E402
 from lathe.eval import tofu as te  # noqa: E402
@@ -32,8 +30,7 @@ from lathe.platform.zoo import build_tiny, train_tokenizer  # noqa: E402
 
 
 def main() -> int:
-    ap = add_enforce(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    ap.add_argument("--quick", action="store_true")
+    ap = add_enforce(parser(__doc__))
     ap.add_argument("--preset", default=None)
     ap.add_argument("--rows", type=int, default=None, help="rows per evaluation set")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -76,8 +73,7 @@ def main() -> int:
            "batched_s": t_batched, "naive_s": t_naive,
            "batched_samples_per_s": samples / t_batched, "naive_samples_per_s": samples / t_naive,
            "speedup": t_naive / t_batched, "max_abs_loss_diff": diff, "quick": args.quick}
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/tofu_eval_speed.json").write_text(json.dumps(out, indent=2))
+    print(f"json: {save('tofu_eval_speed', args.out, out)}")
     print(f"| evaluator | wall s | samples/s |\n|---|---|---|\n| batched (bs={args.batch_size}) | {t_batched:.2f} | "
           f"{out['batched_samples_per_s']:.2f} |\n| naive one-at-a-time | {t_naive:.2f} | {out['naive_samples_per_s']:.2f} |")
     print(f"{samples} samples ({sequences} scored sequences + {samples} greedy generations of ≤{new_tokens} tokens), "
