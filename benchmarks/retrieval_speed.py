@@ -90,20 +90,6 @@ CPU: dict[str, float] = {}
 PAUSE_S = 0.1
 
 
-def best_of(fn, reps: int, name: str | None = None):
-    """Best wall time of `reps` runs after a warm-up (and the best CPU time under CPU[name])."""
-    fn()  # warm-up
-    best, best_cpu, out = float("inf"), float("inf"), None
-    for _ in range(reps):
-        time.sleep(PAUSE_S)
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
-    if name:
-        CPU[name] = best_cpu
-    return best, out
-
-
 def interleaved(fns: dict, reps: int) -> dict:
     """{name: (best wall s, best CPU s, last output)}: one warm-up each, then `reps` rounds that
     run every fn once in turn."""
@@ -203,7 +189,7 @@ def main() -> int:
     sweep = []
     for ef in ef_sweep:
         hnsw._index.hnsw.efSearch = ef
-        t_h, (_, h_ids) = best_of(lambda: hnsw.search(queries, 10), reps)
+        t_h, _, (_, h_ids) = interleaved({"h": lambda: hnsw.search(queries, 10)}, reps)["h"]
         recall = float(np.mean([len(set(h) & set(f)) / 10 for h, f in zip(h_ids, flat_ids)]))
         sweep.append({"ef_search": ef, "qps": nq / t_h, "vs_flat": t_flat / t_h, "recall@10": recall})
         print(f"  HNSW M={args.hnsw_m} efC={efc} efSearch={ef:>3}: {nq / t_h:9.0f} q/s  "

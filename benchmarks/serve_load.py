@@ -181,7 +181,6 @@ def main() -> int:
     from lathe.methods.retrieval.formatting import format_query
     from lathe.serve.retriever_app import build_all, load_corpus
 
-    ceilings: list[float] = []
     local = None
     with ray_session(serve_direct_ingress=True):
         try:
@@ -218,7 +217,6 @@ def main() -> int:
                 size = max(1, round(res["mean_batch"])) if batching else 1
                 res["in_process_qps"] = in_process_ceiling(local, texts, 10, args.replica_cpus, size)
                 res["served_vs_in_process"] = res["rps"] / res["in_process_qps"]
-                ceilings.append(res["in_process_qps"])
                 print(f"{'':>10}  in-process, batches of {size}, {args.replica_cpus} thread(s): "
                       f"{res['in_process_qps']:7.1f} q/s -> served/in-process {res['served_vs_in_process']:.2f}x",
                       flush=True)
@@ -231,7 +229,7 @@ def main() -> int:
     out = {"requests_per_setting": n_req, "concurrency": args.concurrency, "tools": n_tools,
            "mode": "instruct" if args.instruct else "query_only", "cpus": os.cpu_count(),
            "replica_cpus": args.replica_cpus,
-           "encoder_alone": ceiling, "results": results, "in_process_qps": ceilings,
+           "encoder_alone": ceiling, "results": results, "in_process_qps": [r["in_process_qps"] for r in results.values()],
            "in_process_ceiling_qps": ceiling_qps, "served_vs_in_process": results[best]["served_vs_in_process"],
            "best_setting": best,
            "throughput_ratio": ratio, "errors": errors, "wall_s": time.perf_counter() - t0}

@@ -79,7 +79,10 @@ def direct_url(app: str, host: str, proxy_port: int, timeout_s: float = 60.0) ->
         if targets or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    if len(targets) != 1:
+    if not targets:
+        raise ConfigError(f"http.ingress=direct: app {app!r} has no replica with its own port after "
+                          f"{timeout_s:.0f} s (Serve still lists only its proxy for it)")
+    if len(targets) > 1:
         raise ConfigError(f"http.ingress=direct: app {app!r} has {len(targets)} replicas with their own port; "
                           "direct ingress serves one replica per app (nothing balances between them): "
                           "use http.ingress=proxy")
